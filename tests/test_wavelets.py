@@ -1,0 +1,89 @@
+"""3D Haar DWT (WDM Sec. 2): band order, hand-checked values, exact inverse, PyWavelets parity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from wdm import codec
+from wdm.wavelets import BANDS, dwt3d, idwt3d
+
+# PyWavelets' dwtn keys: 'a' = low, 'd' = high, one letter per axis in axis order (D, H, W).
+PYWT_KEY = {b: b.replace("L", "a").replace("H", "d") for b in BANDS}
+
+
+def test_band_order_is_the_papers():
+    assert BANDS == ("LLL", "LLH", "LHL", "LHH", "HLL", "HLH", "HHL", "HHH")
+
+
+def test_single_block_by_hand():
+    # One 2x2x2 block with values v[d, h, w] = 4d + 2h + w (0..7).
+    x = torch.arange(8, dtype=torch.float64).reshape(1, 1, 2, 2, 2)
+    c = dwt3d(x)[0, :, 0, 0, 0]
+    s = 2 * math.sqrt(2)
+    assert c[0].item() == pytest.approx(28 / s)  # LLL = block sum / (2 sqrt 2)
+    assert c[1].item() == pytest.approx(-4 / s)  # LLH: width differences, even - odd = -1 each
+    assert c[2].item() == pytest.approx(-8 / s)  # LHL: height differences, -2 each
+    assert c[4].item() == pytest.approx(-16 / s)  # HLL: depth differences, -4 each
+    for k in (3, 5, 6, 7):  # mixed bands of a linear ramp vanish
+        assert c[k].item() == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8, 8), (1, 1, 4, 6, 10), (3, 2, 16, 2, 4)])
+def test_inverse_is_exact_float32(shape):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    c = dwt3d(x)
+    assert c.shape == (shape[0], 8 * shape[1], shape[2] // 2, shape[3] // 2, shape[4] // 2)
+    assert (idwt3d(c) - x).abs().max().item() < 1e-5
+
+
+def test_matches_pywavelets_dwtn():
+    pywt = pytest.importorskip("pywt")
+    x = torch.randn(2, 2, 6, 8, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    c = dwt3d(x)
+    for b in range(2):
+        for ch in range(2):
+            ref = pywt.dwtn(x[b, ch].numpy(), "haar")
+            for k, band in enumerate(BANDS):
+                np.testing.assert_allclose(c[b, 8 * ch + k].numpy(), ref[PYWT_KEY[band]], atol=1e-12)
+
+
+def test_orthonormal_energy_and_white_noise():
+    x = torch.randn(4, 1, 16, 16, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    c = dwt3d(x)
+    assert torch.allclose((c**2).sum(), (x**2).sum())  # Parseval
+    assert c.std().item() == pytest.approx(1.0, abs=0.02)  # noise stays unit-variance
+
+
+def test_autograd_flows():
+    x = torch.randn(1, 1, 4, 4, 4, requires_grad=True)
+    (dwt3d(x) ** 2).sum().backward()
+    assert torch.allclose(x.grad, 2 * x.detach(), atol=1e-5)  # orthonormal: d|Wx|^2/dx = 2x
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 5, 4, 4), (1, 1, 4, 4, 7)])
+def test_odd_sizes_raise(shape):
+    with pytest.raises(ValueError, match="even"):
+        dwt3d(torch.zeros(shape))
+
+
+def test_wrong_rank_and_channels_raise():
+    with pytest.raises(ValueError, match=r"\(B, C, D, H, W\)"):
+        dwt3d(torch.zeros(4, 4, 4))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        idwt3d(torch.zeros(1, 7, 2, 2, 2))
+
+
+def test_codec_lll_scale_and_clipping():
+    x = torch.full((1, 1, 4, 4, 4), 0.5)
+    c = codec.encode(x, lll_scale=3.0)
+    assert c[0, 0, 0, 0, 0].item() == pytest.approx(0.5 * 2 * math.sqrt(2) / 3.0, rel=1e-6)
+    assert torch.allclose(codec.decode(c, 3.0), x, atol=1e-6)
+    # Clipping projects out-of-range voxels back to [-1, 1] and leaves in-range ones alone.
+    y = torch.linspace(-2, 2, 64).reshape(1, 1, 4, 4, 4)
+    clipped = codec.decode(codec.wavelet_clip(codec.encode(y)))
+    assert torch.allclose(clipped, y.clamp(-1, 1), atol=1e-6)
+    assert codec.LLL_SCALE == 3.0
