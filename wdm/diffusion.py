@@ -1,0 +1,135 @@
+"""Gaussian diffusion with x0 prediction (Ho et al. 2020; WDM, Friedrich et al. 2024, Sec. 2).
+
+The process is plain data: schedules are named pure functions and :class:`GaussianDiffusion`
+holds only float64 schedule tensors. It never owns the network (the model is an argument) and
+knows nothing of wavelets: WDM runs it on wavelet coefficients, the voxel-space baseline on
+voxels. Shapes below: ``x`` is any (B, ...) tensor, ``t`` a (B,) long tensor of timesteps.
+
+Forward process:  q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I).
+Training target:  the network predicts x_0; loss = mean squared error over all elements.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = [
+    "linear_beta_schedule",
+    "cosine_beta_schedule",
+    "SCHEDULES",
+    "GaussianDiffusion",
+    "Denoiser",
+]
+
+#: A denoiser maps (x_t, t) to a prediction of x_0 (same shape as x_t).
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def linear_beta_schedule(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """Linear betas (Ho et al. 2020), WDM's choice: T = 1000, 1e-4 .. 0.02. Returns (T,) float64."""
+    return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+
+
+def cosine_beta_schedule(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Cosine schedule (Nichol & Dhariwal 2021, eq. 17), used by the 3D LDM baseline. (T,) float64."""
+    steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+    abar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
+
+
+SCHEDULES: dict[str, Callable[..., torch.Tensor]] = {
+    "linear": linear_beta_schedule,
+    "cosine": cosine_beta_schedule,
+}
+
+
+def _gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """values[t] reshaped to (B, 1, ..., 1) in ``like``'s dtype and device."""
+    out = values.to(t.device)[t].to(like.dtype)
+    return out.reshape(-1, *([1] * (like.ndim - 1))).to(like.device)
+
+
+@dataclass
+class GaussianDiffusion:
+    """Schedule tensors and the closed-form pieces of a DDPM.
+
+    Args:
+        betas: (T,) noise variances; ``alphas_cumprod`` etc. are derived in float64.
+    """
+
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        betas = torch.as_tensor(self.betas, dtype=torch.float64)
+        if betas.ndim != 1 or not ((betas > 0) & (betas < 1)).all():
+            raise ValueError("betas must be a 1-D tensor with values in (0, 1)")
+        self.betas = betas
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> GaussianDiffusion:
+        """Build from the ``diffusion`` config section (schedule, timesteps, beta_start, beta_end)."""
+        name = cfg.get("schedule", "linear")
+        if name not in SCHEDULES:
+            raise ValueError(f"unknown schedule {name!r}; allowed: {sorted(SCHEDULES)}")
+        if name == "linear":
+            betas = linear_beta_schedule(cfg["timesteps"], cfg["beta_start"], cfg["beta_end"])
+        else:
+            betas = cosine_beta_schedule(cfg["timesteps"])
+        return cls(betas)
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.betas.shape[0])
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Draw x_t ~ q(x_t | x_0): sqrt(abar_t) x0 + sqrt(1 - abar_t) noise. Shapes as x0."""
+        abar = _gather(self.alphas_cumprod, t, x0)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    def training_loss(
+        self,
+        model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """x0-prediction MSE with uniform timesteps (WDM's objective). Returns a scalar.
+
+        Timesteps and noise come from ``generator`` (on x0's device) so training reproduces.
+        """
+        b = x0.shape[0]
+        dev = generator.device if generator is not None else x0.device
+        t = torch.randint(0, self.num_timesteps, (b,), generator=generator, device=dev).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype).to(x0.device)
+        x_t = self.q_sample(x0, t, noise)
+        return torch.mean((model(x_t, t) - x0) ** 2)
+
+    def alpha_bar(self, t: int) -> float:
+        """abar_t for an integer t; abar_{-1} = 1 (the clean end of the chain)."""
+        return 1.0 if t < 0 else float(self.alphas_cumprod[t])
+
+    def eps_from_x0(self, x_t: torch.Tensor, t: int, x0: torch.Tensor) -> torch.Tensor:
+        """Noise implied by a prediction of x0: (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)."""
+        abar = self.alpha_bar(t)
+        return (x_t - math.sqrt(abar) * x0) / math.sqrt(1.0 - abar)
+
+    def posterior(
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: int, s: int
+    ) -> tuple[torch.Tensor, float, float]:
+        """q(x_s | x_t, x0) for s < t on a possibly respaced chain (Ho et al. eq. 7).
+
+        With abar_t, abar_s and beta' = 1 - abar_t / abar_s:
+            mean = sqrt(abar_s) beta' / (1 - abar_t) x0 + sqrt(1 - beta') (1 - abar_s) / (1 - abar_t) x_t
+            posterior variance = beta' (1 - abar_s) / (1 - abar_t);  "fixed large" variance = beta'.
+        Returns (mean, posterior_variance, fixed_large_variance).
+        """
+        abar_t, abar_s = self.alpha_bar(t), self.alpha_bar(s)
+        beta = 1.0 - abar_t / abar_s
+        c0 = math.sqrt(abar_s) * beta / (1.0 - abar_t)
+        ct = math.sqrt(1.0 - beta) * (1.0 - abar_s) / (1.0 - abar_t)
+        return c0 * x0 + ct * x_t, beta * (1.0 - abar_s) / (1.0 - abar_t), beta
