@@ -1,0 +1,45 @@
+"""Runtime and memory measurement shared by training, sampling and the benchmarks.
+
+Peak memory is measured inside the process (Snakemake's ``benchmark:`` samples too coarsely, see
+DESIGN.md §4): on CUDA ``torch.cuda.max_memory_allocated``; on CPU the peak resident set size
+(``resource.getrusage``, which includes the interpreter and libraries: an upper bound).
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import sys
+
+import torch
+
+__all__ = ["reset_peak_memory", "peak_memory_gb", "median_seconds", "device_description"]
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Reset the CUDA peak counter (the CPU peak RSS cannot be reset; it is process-wide)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gb(device: torch.device | str) -> float:
+    """Peak memory in GB (1e9 bytes): CUDA allocations, or the process's peak RSS on CPU."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss * (1 if sys.platform == "darwin" else 1024) / 1e9
+
+
+def median_seconds(times: list[float], skip: int = 0) -> float | None:
+    """Median of ``times`` after dropping the first ``skip`` (warm-up); None if nothing is left."""
+    kept = times[skip:] if len(times) > skip else times
+    return statistics.median(kept) if kept else None
+
+
+def device_description(device: torch.device | str) -> str:
+    """A short human description: GPU name, or CPU model and thread count."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"

@@ -1,0 +1,280 @@
+"""Training loop: a data folder + a run config -> a run folder (checkpoints, loss log, profile).
+
+Run folder layout::
+
+    RUN/config.yaml              resolved run config (every default filled in)
+    RUN/checkpoints/step_NNNNNNN.pt   model, optimizer, step, RNG state, config, data info
+    RUN/loss.csv                 step, loss, seconds per iteration
+    RUN/train_profile.json       s/iteration, peak memory, steps, device, provenance (at the end)
+
+Reproducibility: batch order is a pure function of (seed, step) and all diffusion noise comes from
+one ``torch.Generator`` whose state is checkpointed, so ``--resume`` continues exactly where a run
+stopped (bit-identical on CPU). Checkpoints are written atomically and rotated (keep_last).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from eval.profiling import device_description, median_seconds, peak_memory_gb, reset_peak_memory
+from wdm.config import config_hash, dump_yaml, load_run_config, resolve_run_config
+from wdm.data.prepare import split_files
+from wdm.io import (
+    InputError,
+    atomic_path,
+    code_version,
+    load_nifti,
+    write_json_atomic,
+    write_text_atomic,
+)
+from wdm.model import get_model_class
+
+__all__ = ["train", "latest_checkpoint", "load_checkpoint", "resolve_device", "batch_indices"]
+
+log = logging.getLogger(__name__)
+
+_CKPT_GLOB = "step_*.pt"
+#: Sections that must match between a run's saved config and the one given to --resume.
+_FROZEN_SECTIONS = ("model", "network", "diffusion")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA if available else CPU; 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Indices of the batch for 0-based ``step``: epochs of seeded permutations, concatenated.
+
+    A pure function of its arguments, so a resumed run sees exactly the batches it would have seen.
+    """
+    out: list[int] = []
+    pos = step * batch_size
+    while len(out) < batch_size:
+        epoch, offset = divmod(pos, n_items)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(n_items, generator=g).tolist()
+        take = perm[offset: offset + batch_size - len(out)]
+        out.extend(take)
+        pos += len(take)
+    return out
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint with the highest step in ``RUN/checkpoints``, or None."""
+    ckpts = sorted((Path(run_dir) / "checkpoints").glob(_CKPT_GLOB))
+    return ckpts[-1] if ckpts else None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; a corrupt file is an :class:`InputError`."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    missing = {"step", "model", "config", "data"} - set(ckpt) if isinstance(ckpt, dict) else {"all"}
+    if missing:
+        raise InputError(f"{path}: not a wdm-bench checkpoint (missing {sorted(missing)})")
+    return ckpt
+
+
+def _load_volumes(data_dir: Path, cache: bool) -> tuple[list[Path], torch.Tensor | None, dict]:
+    files = split_files(data_dir, "train")
+    first, affine = load_nifti(files[0])
+    info = {"shape": list(first.shape), "affine": affine.tolist(), "data_dir": str(data_dir),
+            "n_train": len(files)}
+    if not cache:
+        return files, None, info
+    vols = np.empty((len(files), *first.shape), dtype=np.float32)
+    for i, f in enumerate(tqdm(files, desc="loading volumes", leave=False)):
+        v = first if i == 0 else load_nifti(f)[0]
+        _check_volume(f, v, first.shape)
+        vols[i] = v
+    return files, torch.from_numpy(vols), info
+
+
+def _check_volume(path: Path, v: np.ndarray, shape: tuple[int, ...]) -> None:
+    if v.shape != tuple(shape):
+        raise InputError(f"{path}: shape {v.shape} differs from the data set's {tuple(shape)}")
+    if v.min() < -1e-3 or v.max() > 1 + 1e-3:
+        raise InputError(f"{path}: voxel values must lie in [0, 1], got [{v.min():.4g}, {v.max():.4g}]")
+
+
+def _get_batch(files: list[Path], cache: torch.Tensor | None, idx: list[int],
+               shape: tuple[int, ...]) -> torch.Tensor:
+    """(B, 1, D, H, W) voxels mapped from [0, 1] to [-1, 1]."""
+    if cache is not None:
+        x = cache[idx]
+    else:
+        vols = []
+        for i in idx:
+            v = load_nifti(files[i])[0]
+            _check_volume(files[i], v, shape)
+            vols.append(torch.from_numpy(v))
+        x = torch.stack(vols)
+    return x.unsqueeze(1) * 2.0 - 1.0
+
+
+def _save_checkpoint(run_dir: Path, state: dict, keep_last: int) -> Path:
+    path = run_dir / "checkpoints" / f"step_{state['step']:07d}.pt"
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    for old in sorted(path.parent.glob(_CKPT_GLOB))[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def _check_resume_config(saved: dict, cfg: dict, path: Path) -> None:
+    for key in _FROZEN_SECTIONS:
+        if saved.get(key) != cfg.get(key):
+            raise InputError(
+                f"{path}: checkpoint was trained with {key}={saved.get(key)!r}, the config says "
+                f"{cfg.get(key)!r}; resume with the run's own config/RUN/config.yaml or start a new run"
+            )
+
+
+def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
+          *, resume: bool = False, progress: bool = True, max_steps: int | None = None) -> dict:
+    """Train the configured model on ``data_dir``'s training split into ``run_dir``.
+
+    Args:
+        config: run config file or dict (validated; defaults filled).
+        data_dir: a prepared data folder (manifest.csv + train/ NIfTI volumes in [0, 1]).
+        run_dir: output folder. Must hold no checkpoint unless ``resume``.
+        resume: continue from the latest checkpoint in ``run_dir``.
+        max_steps: stop after this many steps in this call (for tests of interruption).
+
+    Returns:
+        The training profile (also written to ``RUN/train_profile.json`` when training finished).
+    """
+    cfg = load_run_config(config) if not isinstance(config, dict) else resolve_run_config(config)
+    tcfg = cfg["training"]
+    run_dir, data_dir = Path(run_dir), Path(data_dir)
+    last = latest_checkpoint(run_dir)
+    if last is not None and not resume:
+        raise InputError(f"{run_dir}: holds checkpoints already (latest {last.name}); "
+                         "pass --resume to continue or choose a new run folder")
+    device = resolve_device(tcfg["device"])
+    files, cache, data_info = _load_volumes(data_dir, tcfg["cache_data"])
+    shape = tuple(data_info["shape"])
+
+    torch.manual_seed(tcfg["seed"])  # network initialisation
+    model = get_model_class(cfg["model"])(cfg, shape)
+    modules = model.modules()
+    for m in modules.values():
+        m.to(device).train()
+    params = [p for m in modules.values() for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    gen = torch.Generator(device=device).manual_seed(tcfg["seed"])
+    step = 0
+    if resume and last is not None:
+        ckpt = load_checkpoint(last, map_location=device)
+        _check_resume_config(ckpt["config"], cfg, last)
+        for name, m in modules.items():
+            m.load_state_dict(ckpt["model"][name])
+        opt.load_state_dict(ckpt["optimizer"])
+        gen.set_state(ckpt["generator"].cpu())
+        step = int(ckpt["step"])
+        log.info("resumed %s at step %d", last, step)
+    elif resume:
+        log.warning("%s: --resume given but no checkpoint found; starting from scratch", run_dir)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
+    loss_path = run_dir / "loss.csv"
+    _truncate_loss_log(loss_path, step)
+
+    total = tcfg["steps"]
+    stop = total if max_steps is None else min(total, step + max_steps)
+    reset_peak_memory(device)
+    times: list[float] = []
+    n = len(files)
+    t_start = time.perf_counter()
+    bar = tqdm(total=total, initial=step, desc=f"train {cfg['model']}", disable=not progress,
+               dynamic_ncols=True)
+    with open(loss_path, "a", newline="") as lf:
+        writer = csv.writer(lf)
+        if lf.tell() == 0:
+            writer.writerow(["step", "loss", "s_per_it"])
+        while step < stop:
+            t0 = time.perf_counter()
+            x = _get_batch(files, cache, batch_indices(n, tcfg["batch_size"], step, tcfg["seed"]),
+                           shape).to(device)
+            loss = model.loss(x, gen)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; "
+                                         "lower training.lr or enable training.grad_clip")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tcfg["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(params, tcfg["grad_clip"])
+            opt.step()
+            step += 1
+            dt = time.perf_counter() - t0
+            times.append(dt)
+            bar.update(1)
+            if step % tcfg["log_every"] == 0 or step == stop:
+                writer.writerow([step, f"{loss.item():.6g}", f"{dt:.4g}"])
+                lf.flush()
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % tcfg["checkpoint_every"] == 0 or step == stop:
+                state = {
+                    "step": step,
+                    "model": {k: m.state_dict() for k, m in modules.items()},
+                    "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(),
+                    "config": cfg,
+                    "data": data_info,
+                    "code_version": code_version(),
+                }
+                _save_checkpoint(run_dir, state, tcfg["keep_last"])
+    bar.close()
+    profile: dict[str, Any] = {
+        "model": cfg["model"],
+        "steps_trained": step,
+        "steps_total": total,
+        "finished": step >= total,
+        "s_per_iteration": median_seconds(times, skip=min(5, len(times) // 2)),
+        "wall_seconds_this_call": time.perf_counter() - t_start,
+        "peak_memory_gb": peak_memory_gb(device),
+        "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_peak_rss",
+        "device": device_description(device),
+        "batch_size": tcfg["batch_size"],
+        "n_parameters": sum(p.numel() for p in params),
+        "config_hash": config_hash(cfg),
+        "code_version": code_version(),
+        "data": {k: v for k, v in data_info.items() if k != "affine"},
+    }
+    if step >= total:
+        write_json_atomic(run_dir / "train_profile.json", profile)
+    log.info("trained %s to step %d/%d: %.3f s/it, peak %.2f GB", cfg["model"], step, total,
+             profile["s_per_iteration"] or float("nan"), profile["peak_memory_gb"])
+    return profile
+
+
+def _truncate_loss_log(path: Path, step: int) -> None:
+    """Drop log rows past ``step`` (left by a run killed after its last checkpoint)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    if step == 0:
+        kept = [rows[0]]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(kept)
