@@ -1,0 +1,1 @@
+"""Evaluation: MedicalNet features, FID, MS-SSIM diversity, profiling, tables and figures."""

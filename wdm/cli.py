@@ -1,0 +1,184 @@
+"""``wdm-bench``: the command line of the suite. Thin: parses arguments, calls the package.
+
+Sub-commands: prepare, train, sample, evaluate, table, figure. Exit code 0 on success; on any error
+one line ``wdm-bench <command>: error: <reason>`` on stderr and exit code 1 (2 for bad usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("wdm")
+
+
+def _cmd_prepare(a: argparse.Namespace) -> None:
+    from wdm.data.prepare import prepare
+
+    prepare(a.dataset, a.out, source=a.source, size=a.size, seed=a.seed, n_train=a.n_train,
+            n_test=a.n_test, overwrite=a.overwrite)
+
+
+def _cmd_train(a: argparse.Namespace) -> None:
+    from wdm.train import train
+
+    _set_threads(a.threads)
+    train(a.config, a.data, a.out, resume=a.resume, progress=not a.no_progress)
+
+
+def _cmd_sample(a: argparse.Namespace) -> None:
+    from wdm.sample import sample
+
+    _set_threads(a.threads)
+    sample(a.run, a.n, a.seed, a.out, sampler=a.sampler, steps=a.steps, batch_size=a.batch_size,
+           device=a.device, progress=not a.no_progress)
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> None:
+    from eval.evaluate import evaluate, write_metrics
+
+    from wdm.config import validate
+
+    _set_threads(a.threads)
+    ecfg = validate({"datasets": {"_": {}}}, source="defaults")["evaluation"]
+    if a.config:
+        from wdm.config import load_workflow_config
+
+        ecfg = load_workflow_config(a.config)["evaluation"]
+    overrides = {"weights": a.weights, "depth": a.depth, "protocol": a.protocol, "seed": a.seed,
+                 "n_samples": a.n_fake, "batch_size": a.batch_size, "kernel_size": a.kernel_size}
+    ecfg.update({k: v for k, v in overrides.items() if v is not None})
+    result = evaluate(a.real, a.fake, weights=ecfg["weights"], depth=ecfg["depth"],
+                      protocol=ecfg["protocol"], batch_size=ecfg["batch_size"], seed=ecfg["seed"],
+                      kernel_size=ecfg["kernel_size"], n_fake=ecfg["n_samples"] if a.n_fake else None)
+    write_metrics(a.out, result, ecfg)
+
+
+def _cmd_table(a: argparse.Namespace) -> None:
+    from eval.tables import build_table
+    from wdm.io import atomic_path
+
+    files = list(a.metrics) if a.metrics else sorted(Path(a.results).glob("*/*/*/metrics.json"))
+    df = build_table(files)
+    with atomic_path(a.out) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    log.info("wrote %s (%d rows)", a.out, len(df))
+
+
+def _cmd_figure(a: argparse.Namespace) -> None:
+    from eval.figures import sample_grid
+
+    sources: dict[str, str] = {"real": a.real}
+    for item in a.fake:
+        name, sep, folder = item.partition("=")
+        if not sep:
+            raise ValueError(f"--fake expects MODEL=DIR, got {item!r}")
+        sources[name] = folder
+    sample_grid(sources, a.out, n=a.n, title=a.title)
+
+
+def _set_threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and documentation)."""
+    p = argparse.ArgumentParser(prog="wdm-bench", description=__doc__.split("\n")[0])
+    p.add_argument("--log-level", default=os.environ.get("WDM_LOG_LEVEL", "INFO"),
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("prepare", help="build or preprocess a data set into a data folder")
+    s.add_argument("--dataset", required=True, help="data set name, e.g. phantom-brain")
+    s.add_argument("--out", required=True, help="output data folder")
+    s.add_argument("--source", default=None, help="folder of the raw data (real data sets)")
+    s.add_argument("--size", type=int, default=32, help="cube side of the output volumes")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--n-train", type=int, default=40)
+    s.add_argument("--n-test", type=int, default=20)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    s.set_defaults(func=_cmd_prepare)
+
+    s = sub.add_parser("train", help="train a model from a data folder into a run folder")
+    s.add_argument("--config", required=True, help="run config YAML (config/models/*.yaml)")
+    s.add_argument("--data", required=True, help="prepared data folder")
+    s.add_argument("--out", required=True, help="run folder (checkpoints, loss log, profile)")
+    s.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("sample", help="sample N volumes from a trained run")
+    s.add_argument("--run", required=True, help="run folder written by train")
+    s.add_argument("--n", type=int, required=True, help="number of volumes")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", required=True, help="output folder for sample_*.nii.gz")
+    s.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
+    s.add_argument("--steps", type=int, default=None, help="sampling steps")
+    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_cmd_sample)
+
+    s = sub.add_parser("evaluate", help="FID and MS-SSIM diversity of generated volumes")
+    s.add_argument("--real", required=True, help="folder of real volumes (NIfTI, [0, 1])")
+    s.add_argument("--fake", required=True, help="folder of generated volumes")
+    s.add_argument("--out", required=True, help="metrics JSON file")
+    s.add_argument("--config", default=None, help="workflow config (its evaluation section)")
+    s.add_argument("--weights", default=None, help="MedicalNet weights: path, name, hub:NAME, auto:NAME")
+    s.add_argument("--depth", type=int, default=None, choices=[10, 18, 34, 50])
+    s.add_argument("--protocol", choices=["wdm", "hagan"], default=None)
+    s.add_argument("--n-fake", type=int, default=None, help="require and use this many fakes")
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=None, help="feature extraction batch size")
+    s.add_argument("--kernel-size", type=int, default=None, help="MS-SSIM Gaussian window (7)")
+    s.add_argument("--threads", type=int, default=None)
+    s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("table", help="collect metrics into the comparison table")
+    s.add_argument("--metrics", nargs="*", help="metrics.json files (default: all under --results)")
+    s.add_argument("--results", default="results", help="results folder to search")
+    s.add_argument("--out", default="results/table1.csv")
+    s.set_defaults(func=_cmd_table)
+
+    s = sub.add_parser("figure", help="mid-slice grid of real and generated volumes")
+    s.add_argument("--real", required=True, help="folder of real volumes")
+    s.add_argument("--fake", nargs="*", default=[], help="MODEL=DIR pairs")
+    s.add_argument("--out", required=True, help="PNG file")
+    s.add_argument("--n", type=int, default=3, help="volumes per source")
+    s.add_argument("--title", default=None)
+    s.set_defaults(func=_cmd_figure)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``wdm-bench`` console command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print(f"wdm-bench {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, FloatingPointError, RuntimeError) as exc:
+        # InputError is a ValueError; one line, no traceback (use --log-level DEBUG for it)
+        log.debug("traceback", exc_info=True)
+        msg = " ".join(str(exc).split())
+        print(f"wdm-bench {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

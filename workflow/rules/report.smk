@@ -1,0 +1,49 @@
+rule table1:
+    """The comparison table: one row per (dataset, resolution, model)."""
+    input:
+        metrics=lambda w: [
+            f"results/{d}/{r}/{m}/metrics.json" for d, r in all_cells() for m in active_models()
+        ],
+        figures=lambda w: [f"results/figures/samples_{d}_{r}.png" for d, r in all_cells()],
+    output:
+        "results/table1.csv",
+    log:
+        "logs/table1.log",
+    benchmark:
+        "benchmarks/table1.tsv"
+    conda:
+        "../envs/wdm.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "wdm-bench table --metrics {input.metrics:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule sample_figure:
+    """Mid-slices in three planes of a few samples of every model beside real volumes."""
+    input:
+        manifest="data/{dataset}/{res}/manifest.csv",
+        samples=lambda w: [
+            f"results/{w.dataset}/{w.res}/{m}/samples/sample_profile.json" for m in active_models()
+        ],
+    output:
+        "results/figures/samples_{dataset}_{res}.png",
+    params:
+        real=lambda w: f"data/{w.dataset}/{w.res}/test",
+        fake=lambda w: [
+            f"{m}=results/{w.dataset}/{w.res}/{m}/samples" for m in active_models()
+        ],
+        title=lambda w: f"{w.dataset} {w.res}^3: real (test split) vs generated",
+    log:
+        "logs/figures/samples_{dataset}_{res}.log",
+    benchmark:
+        "benchmarks/figures/samples_{dataset}_{res}.tsv"
+    conda:
+        "../envs/wdm.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "wdm-bench figure --real {params.real:q} --fake {params.fake:q} --out {output:q} "
+        "--title {params.title:q} > {log:q} 2>&1"
