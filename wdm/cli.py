@@ -42,7 +42,6 @@ def _cmd_sample(a: argparse.Namespace) -> None:
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
     from eval.evaluate import evaluate, write_metrics
-
     from wdm.config import validate
 
     _set_threads(a.threads)
