@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -31,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wdm.io import InputError, atomic_path, sha256_file
+from wdm.io import InputError, sha256_file
 
 __all__ = [
     "MEDICALNET_WEIGHTS",
@@ -347,14 +349,37 @@ def _check_name(name: str) -> None:
 
 
 def _download(name: str) -> Path:
+    """Fetch a manifest checkpoint with ``torch.hub.load_state_dict_from_url`` into the hub cache.
+
+    The file lands in a staging folder first; only after its SHA-256 matches the manifest (and it
+    loads with ``weights_only=True``) is it renamed into the cache, so a bad download is never used.
+    """
     entry = MEDICALNET_WEIGHTS[name]
-    dst = Path(torch.hub.get_dir()) / "checkpoints" / entry["file"]
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    dst = cache / entry["file"]
     if dst.is_file():
         return dst
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
     logger.info("downloading %s to %s", entry["url"], dst)
-    with atomic_path(dst) as tmp:
-        torch.hub.download_url_to_file(entry["url"], str(tmp), progress=True)
-        _verify_sha256(tmp, entry["sha256"])  # a bad download never reaches the cache
+    try:
+        load_error: Exception | None = None
+        try:
+            torch.hub.load_state_dict_from_url(entry["url"], model_dir=str(staging),
+                                               map_location="cpu", progress=True, check_hash=False,
+                                               file_name=entry["file"], weights_only=True)
+        except Exception as exc:  # unreadable download: report after the hash check
+            load_error = exc
+        got = staging / entry["file"]
+        if not got.is_file():
+            raise InputError(f"download of {entry['url']} failed ({load_error})")
+        _verify_sha256(got, entry["sha256"])
+        if load_error is not None:
+            raise InputError(f"{entry['url']}: downloaded file is not a readable checkpoint "
+                             f"({type(load_error).__name__}: {load_error})")
+        os.replace(got, dst)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return dst
 
 

@@ -40,6 +40,12 @@ def load_schema() -> dict:
         return yaml.safe_load(f)
 
 
+def _local_def(ref: str) -> dict:
+    """The schema's ``#/$defs/<name>`` entry for a local reference ({} for anything else)."""
+    prefix = "#/$defs/"
+    return load_schema()["$defs"].get(ref[len(prefix):], {}) if ref.startswith(prefix) else {}
+
+
 def _with_defaults(validator_cls: type) -> type:
     """A validator class that fills ``default`` values of absent properties while validating."""
     validate_props = validator_cls.VALIDATORS["properties"]
@@ -50,9 +56,8 @@ def _with_defaults(validator_cls: type) -> type:
                 if "default" in sub and name not in instance:
                     instance[name] = copy.deepcopy(sub["default"])
                 elif "$ref" in sub and name not in instance:
-                    target = validator.resolver.resolve(sub["$ref"])[1] if hasattr(
-                        validator, "resolver") else None
-                    if target is not None and "default" in target:
+                    target = _local_def(sub["$ref"])
+                    if "default" in target:
                         instance[name] = copy.deepcopy(target["default"])
         yield from validate_props(validator, properties, instance, schema)
 
@@ -75,11 +80,7 @@ def validate(instance: dict, *, definition: str | None = None, source: str = "co
     inst = copy.deepcopy(instance) if instance is not None else {}
     if not isinstance(inst, dict):
         raise InputError(f"{source}: expected a mapping at the top level, got {type(inst).__name__}")
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # jsonschema's RefResolver
-        errors = sorted(_Validator(schema).iter_errors(inst), key=lambda e: list(e.path))
+    errors = sorted(_Validator(schema).iter_errors(inst), key=lambda e: list(e.path))
     if errors:
         lines = [f"{source}: {'.'.join(map(str, e.path)) or '<top>'}: {e.message}" for e in errors]
         raise InputError("; ".join(lines))

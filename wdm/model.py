@@ -7,6 +7,11 @@ A model is built from a resolved run config and the volume shape, and offers:
   voxels in [-1, 1]; all randomness from ``generator``;
 * ``generate(n, generator, **sampling)``: ``n`` volumes (n, 1, D, H, W) in [-1, 1].
 
+Models with more than one objective (GANs) replace ``loss`` by two optional methods:
+``configure_optimizers(training_cfg) -> dict[str, Optimizer]`` and
+``training_step(x, generator, optimizers, step) -> dict[str, Tensor]`` (first key ``loss``),
+which own the backward passes and optimizer steps. All optimizers are checkpointed by name.
+
 The training and sampling loops (:mod:`wdm.train`, :mod:`wdm.sample`) are written against this
 interface only. ``get_model_class("wdm")`` is :class:`WDMModel`; any other name ``X`` is looked up as
 ``baselines.X.Model``, so a baseline joins by adding its own subpackage.

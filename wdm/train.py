@@ -4,7 +4,7 @@ Run folder layout::
 
     RUN/config.yaml              resolved run config (every default filled in)
     RUN/checkpoints/step_NNNNNNN.pt   model, optimizer, step, RNG state, config, data info
-    RUN/loss.csv                 step, loss, seconds per iteration
+    RUN/loss.csv                 step, loss (and any other losses the model reports), s/iteration
     RUN/train_profile.json       s/iteration, peak memory, steps, device, provenance (at the end)
 
 Reproducibility: batch order is a pure function of (seed, step) and all diffusion noise comes from
@@ -99,7 +99,7 @@ def _load_volumes(data_dir: Path, cache: bool) -> tuple[list[Path], torch.Tensor
     if not cache:
         return files, None, info
     vols = np.empty((len(files), *first.shape), dtype=np.float32)
-    for i, f in enumerate(tqdm(files, desc="loading volumes", leave=False)):
+    for i, f in enumerate(tqdm(files, desc="loading volumes", leave=False, disable=None)):
         v = first if i == 0 else load_nifti(f)[0]
         _check_volume(f, v, first.shape)
         vols[i] = v
@@ -177,7 +177,11 @@ def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir
     for m in modules.values():
         m.to(device).train()
     params = [p for m in modules.values() for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    if hasattr(model, "configure_optimizers"):
+        opts = model.configure_optimizers(tcfg)
+    else:
+        opts = {"main": torch.optim.AdamW(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])}
+    step_fn = getattr(model, "training_step", None) or _default_step(model, params, tcfg)
     gen = torch.Generator(device=device).manual_seed(tcfg["seed"])
     step = 0
     if resume and last is not None:
@@ -185,7 +189,11 @@ def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir
         _check_resume_config(ckpt["config"], cfg, last)
         for name, m in modules.items():
             m.load_state_dict(ckpt["model"][name])
-        opt.load_state_dict(ckpt["optimizer"])
+        if set(ckpt["optimizer"]) != set(opts):
+            raise InputError(f"{last}: optimizers {sorted(ckpt['optimizer'])} differ from the "
+                             f"model's {sorted(opts)}")
+        for name, o in opts.items():
+            o.load_state_dict(ckpt["optimizer"][name])
         gen.set_state(ckpt["generator"].cpu())
         step = int(ckpt["step"])
         log.info("resumed %s at step %d", last, step)
@@ -207,34 +215,33 @@ def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir
                dynamic_ncols=True)
     with open(loss_path, "a", newline="") as lf:
         writer = csv.writer(lf)
-        if lf.tell() == 0:
-            writer.writerow(["step", "loss", "s_per_it"])
+        header: list[str] | None = None
         while step < stop:
             t0 = time.perf_counter()
             x = _get_batch(files, cache, batch_indices(n, tcfg["batch_size"], step, tcfg["seed"]),
                            shape).to(device)
-            loss = model.loss(x, gen)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; "
+            losses = {k: float(v) for k, v in step_fn(x, gen, opts, step).items()}
+            bad = {k: v for k, v in losses.items() if not np.isfinite(v)}
+            if bad:
+                raise FloatingPointError(f"loss became {bad} at step {step + 1}; "
                                          "lower training.lr or enable training.grad_clip")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tcfg["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(params, tcfg["grad_clip"])
-            opt.step()
             step += 1
             dt = time.perf_counter() - t0
             times.append(dt)
             bar.update(1)
             if step % tcfg["log_every"] == 0 or step == stop:
-                writer.writerow([step, f"{loss.item():.6g}", f"{dt:.4g}"])
+                if header is None:
+                    header = ["step", *losses, "s_per_it"]
+                    if lf.tell() == 0:
+                        writer.writerow(header)
+                writer.writerow([step, *(f"{v:.6g}" for v in losses.values()), f"{dt:.4g}"])
                 lf.flush()
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.set_postfix(loss=f"{losses['loss']:.4f}")
             if step % tcfg["checkpoint_every"] == 0 or step == stop:
                 state = {
                     "step": step,
                     "model": {k: m.state_dict() for k, m in modules.items()},
-                    "optimizer": opt.state_dict(),
+                    "optimizer": {k: o.state_dict() for k, o in opts.items()},
                     "generator": gen.get_state(),
                     "config": cfg,
                     "data": data_info,
@@ -263,6 +270,28 @@ def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir
     log.info("trained %s to step %d/%d: %.3f s/it, peak %.2f GB", cfg["model"], step, total,
              profile["s_per_iteration"] or float("nan"), profile["peak_memory_gb"])
     return profile
+
+
+def _default_step(model: Any, params: list[torch.nn.Parameter], tcfg: dict) -> Any:
+    """The training step of models with one objective: ``model.loss`` -> backward -> optimizer.
+
+    Models that need more (GANs: several optimizers, alternating updates) define
+    ``configure_optimizers(training_cfg) -> dict[str, Optimizer]`` and
+    ``training_step(x, generator, optimizers, step) -> dict[str, Tensor]`` (key ``loss`` first).
+    """
+
+    def step_fn(x: torch.Tensor, gen: torch.Generator, opts: dict, step: int) -> dict:
+        loss = model.loss(x, gen)
+        for o in opts.values():
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        if tcfg["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(params, tcfg["grad_clip"])
+        for o in opts.values():
+            o.step()
+        return {"loss": loss.detach()}
+
+    return step_fn
 
 
 def _truncate_loss_log(path: Path, step: int) -> None:
