@@ -26,6 +26,7 @@ __all__ = [
     "sha256_file",
     "save_nifti",
     "load_nifti",
+    "load_prepared_volume",
     "list_volumes",
     "code_version",
 ]
@@ -134,6 +135,29 @@ def load_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if not np.isfinite(data).all():
         raise InputError(f"{path}: volume holds {int((~np.isfinite(data)).sum())} NaN/Inf voxels")
     return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def load_prepared_volume(path: str | os.PathLike, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Load a prepared volume: float on disk, 3D, finite, values in [0, 1], not constant.
+
+    ``shape`` (D, H, W), if given, must match. Every failure is an :class:`InputError` naming the
+    file and the problem. Returns float32 (D, H, W).
+    """
+    import nibabel as nib
+
+    vol, _ = load_nifti(path)
+    dtype = nib.load(str(path)).get_data_dtype()
+    if not np.issubdtype(dtype, np.floating):
+        raise InputError(f"{path}: prepared volumes must be float on disk, got {dtype} "
+                         "(run `wdm-bench prepare` to build a data folder)")
+    if shape is not None and vol.shape != tuple(shape):
+        raise InputError(f"{path}: shape {vol.shape} differs from the data set's {tuple(shape)}")
+    lo, hi = float(vol.min()), float(vol.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise InputError(f"{path}: voxel values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]")
+    if hi - lo < 1e-6:
+        raise InputError(f"{path}: constant volume (every voxel = {lo:.4g})")
+    return vol
 
 
 def list_volumes(folder: str | os.PathLike) -> list[Path]:

@@ -33,12 +33,14 @@ from wdm.io import (
     atomic_path,
     code_version,
     load_nifti,
+    load_prepared_volume,
     write_json_atomic,
     write_text_atomic,
 )
 from wdm.model import get_model_class
 
-__all__ = ["train", "latest_checkpoint", "load_checkpoint", "resolve_device", "batch_indices"]
+__all__ = ["train", "latest_checkpoint", "best_checkpoint", "load_checkpoint", "resolve_device",
+           "batch_indices"]
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
-    missing = {"step", "model", "config", "data"} - set(ckpt) if isinstance(ckpt, dict) else {"all"}
+    missing = {"step", "model", "config", "data", "best"} - set(ckpt) if isinstance(ckpt, dict) else {"all"}
     if missing:
         raise InputError(f"{path}: not a wdm-bench checkpoint (missing {sorted(missing)})")
     return ckpt
@@ -93,24 +95,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def _load_volumes(data_dir: Path, cache: bool) -> tuple[list[Path], torch.Tensor | None, dict]:
     files = split_files(data_dir, "train")
-    first, affine = load_nifti(files[0])
+    first = load_prepared_volume(files[0])
+    affine = load_nifti(files[0])[1]
     info = {"shape": list(first.shape), "affine": affine.tolist(), "data_dir": str(data_dir),
             "n_train": len(files)}
     if not cache:
         return files, None, info
     vols = np.empty((len(files), *first.shape), dtype=np.float32)
     for i, f in enumerate(tqdm(files, desc="loading volumes", leave=False, disable=None)):
-        v = first if i == 0 else load_nifti(f)[0]
-        _check_volume(f, v, first.shape)
-        vols[i] = v
+        vols[i] = first if i == 0 else load_prepared_volume(f, first.shape)
     return files, torch.from_numpy(vols), info
-
-
-def _check_volume(path: Path, v: np.ndarray, shape: tuple[int, ...]) -> None:
-    if v.shape != tuple(shape):
-        raise InputError(f"{path}: shape {v.shape} differs from the data set's {tuple(shape)}")
-    if v.min() < -1e-3 or v.max() > 1 + 1e-3:
-        raise InputError(f"{path}: voxel values must lie in [0, 1], got [{v.min():.4g}, {v.max():.4g}]")
 
 
 def _get_batch(files: list[Path], cache: torch.Tensor | None, idx: list[int],
@@ -119,22 +113,33 @@ def _get_batch(files: list[Path], cache: torch.Tensor | None, idx: list[int],
     if cache is not None:
         x = cache[idx]
     else:
-        vols = []
-        for i in idx:
-            v = load_nifti(files[i])[0]
-            _check_volume(files[i], v, shape)
-            vols.append(torch.from_numpy(v))
-        x = torch.stack(vols)
+        x = torch.stack([torch.from_numpy(load_prepared_volume(files[i], shape)) for i in idx])
     return x.unsqueeze(1) * 2.0 - 1.0
 
 
 def _save_checkpoint(run_dir: Path, state: dict, keep_last: int) -> Path:
+    """Write ``step_NNNNNNN.pt`` atomically; keep the last ``keep_last`` and the best one.
+
+    "Best" is the checkpoint with the lowest mean training loss since the previous checkpoint
+    (``state['best']['step']``), so a long run cannot fill the disk and never loses its best.
+    """
     path = run_dir / "checkpoints" / f"step_{state['step']:07d}.pt"
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+    best = path.parent / f"step_{state['best']['step']:07d}.pt"
     for old in sorted(path.parent.glob(_CKPT_GLOB))[:-keep_last]:
-        old.unlink(missing_ok=True)
+        if old != best:
+            old.unlink(missing_ok=True)
     return path
+
+
+def best_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The kept checkpoint with the lowest interval loss (as recorded by the latest one)."""
+    last = latest_checkpoint(run_dir)
+    if last is None:
+        return None
+    best = load_checkpoint(last)["best"]
+    return last.parent / f"step_{best['step']:07d}.pt"
 
 
 def _check_resume_config(saved: dict, cfg: dict, path: Path) -> None:
@@ -172,7 +177,11 @@ def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir
     shape = tuple(data_info["shape"])
 
     torch.manual_seed(tcfg["seed"])  # network initialisation
-    model = get_model_class(cfg["model"])(cfg, shape)
+    try:
+        model = get_model_class(cfg["model"])(cfg, shape)
+    except ValueError as exc:
+        raise InputError(f"{files[0]}: volumes of shape {shape} do not suit model "
+                         f"{cfg['model']!r} ({exc})") from exc
     modules = model.modules()
     for m in modules.values():
         m.to(device).train()
@@ -184,6 +193,7 @@ def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir
     step_fn = getattr(model, "training_step", None) or _default_step(model, params, tcfg)
     gen = torch.Generator(device=device).manual_seed(tcfg["seed"])
     step = 0
+    best: dict[str, Any] = {"step": 0, "loss": float("inf")}
     if resume and last is not None:
         ckpt = load_checkpoint(last, map_location=device)
         _check_resume_config(ckpt["config"], cfg, last)
@@ -196,6 +206,7 @@ def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir
             o.load_state_dict(ckpt["optimizer"][name])
         gen.set_state(ckpt["generator"].cpu())
         step = int(ckpt["step"])
+        best = dict(ckpt["best"])
         log.info("resumed %s at step %d", last, step)
     elif resume:
         log.warning("%s: --resume given but no checkpoint found; starting from scratch", run_dir)
@@ -209,6 +220,7 @@ def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir
     stop = total if max_steps is None else min(total, step + max_steps)
     reset_peak_memory(device)
     times: list[float] = []
+    interval: list[float] = []  # losses since the last checkpoint
     n = len(files)
     t_start = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc=f"train {cfg['model']}", disable=not progress,
@@ -228,6 +240,7 @@ def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir
             step += 1
             dt = time.perf_counter() - t0
             times.append(dt)
+            interval.append(losses["loss"])
             bar.update(1)
             if step % tcfg["log_every"] == 0 or step == stop:
                 if header is None:
@@ -238,7 +251,12 @@ def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir
                 lf.flush()
                 bar.set_postfix(loss=f"{losses['loss']:.4f}")
             if step % tcfg["checkpoint_every"] == 0 or step == stop:
+                mean_loss = float(np.mean(interval))
+                interval.clear()
+                if mean_loss < best["loss"]:
+                    best = {"step": step, "loss": mean_loss}
                 state = {
+                    "best": best,
                     "step": step,
                     "model": {k: m.state_dict() for k, m in modules.items()},
                     "optimizer": {k: o.state_dict() for k, o in opts.items()},
@@ -252,6 +270,7 @@ def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir
     profile: dict[str, Any] = {
         "model": cfg["model"],
         "steps_trained": step,
+        "best_checkpoint_step": best["step"],
         "steps_total": total,
         "finished": step >= total,
         "s_per_iteration": median_seconds(times, skip=min(5, len(times) // 2)),

@@ -1,0 +1,103 @@
+"""Reliability: checkpoint rotation, exact resume after SIGKILL, quoted shell values."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from tests.conftest import TINY_RUN
+from wdm.train import best_checkpoint, latest_checkpoint, load_checkpoint, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_rotation_keeps_last_k_and_best(phantom16, tmp_path):
+    cfg = dict(TINY_RUN)
+    cfg["training"] = dict(TINY_RUN["training"], steps=8, checkpoint_every=1, keep_last=2, log_every=1)
+    run = tmp_path / "run"
+    train(cfg, phantom16, run, progress=False)
+    with open(run / "loss.csv") as f:
+        losses = {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
+    best_step = min(losses, key=losses.get)
+    kept = sorted(int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("step_*.pt"))
+    assert kept == sorted({7, 8, best_step})
+    best = best_checkpoint(run)
+    assert best.exists() and load_checkpoint(best)["step"] == best_step
+    assert abs(load_checkpoint(latest_checkpoint(run))["best"]["loss"] - min(losses.values())) < 1e-5
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "wdm.cli", *args]
+
+
+def test_sigkill_then_resume_is_bit_identical(phantom16, tmp_path):
+    cfg = dict(TINY_RUN)
+    cfg["training"] = dict(TINY_RUN["training"], steps=24, checkpoint_every=3, log_every=1)
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    full = tmp_path / "full"
+    subprocess.run(_cli("train", "--config", str(cfg_path), "--data", str(phantom16), "--out",
+                        str(full), "--threads", "1", "--no-progress"), check=True, env=env,
+                   capture_output=True)
+    kill_at = random.Random(os.getpid()).randint(4, 20)  # a random step, past the first checkpoint
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli("train", "--config", str(cfg_path), "--data", str(phantom16),
+                                 "--out", str(killed), "--threads", "1", "--no-progress"),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = killed / "loss.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) - 1 >= kill_at:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "train_profile.json").exists()
+    assert not list((killed / "checkpoints").glob(".*")), "a temporary checkpoint was left behind"
+    res = subprocess.run(_cli("train", "--config", str(cfg_path), "--data", str(phantom16), "--out",
+                              str(killed), "--resume", "--threads", "1", "--no-progress"),
+                         env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    a = load_checkpoint(latest_checkpoint(full))
+    b = load_checkpoint(latest_checkpoint(killed))
+    assert a["step"] == b["step"] == 24
+    assert all(torch.equal(a["model"]["network"][k], b["model"]["network"][k])
+               for k in a["model"]["network"]), f"weights differ after a kill at step {kill_at}"
+    with open(killed / "loss.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 25))
+
+
+def test_shell_values_are_quoted(phantom16, tmp_path):
+    """A config path with spaces and ';' reaches the train rule intact (no shell injection)."""
+    weird = tmp_path / "my configs; touch INJECTED"
+    weird.mkdir()
+    run_cfg = weird / "wdm tiny.yaml"
+    cfg = dict(TINY_RUN)
+    cfg["training"] = dict(TINY_RUN["training"], steps=2, checkpoint_every=2)
+    run_cfg.write_text(yaml.safe_dump(cfg))
+    wf_cfg = tmp_path / "config.yaml"
+    wf_cfg.write_text(yaml.safe_dump({
+        "datasets": {"phantom-brain": {"resolutions": [16], "n_train": 4, "n_test": 2}},
+        "model_configs": {"wdm": str(run_cfg)}, "threads": 1}))
+    work = tmp_path / "work dir"
+    work.mkdir()
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    res = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s",
+                          str(REPO / "workflow" / "Snakefile"),
+                          "results/phantom-brain/16/wdm/run/train_profile.json", "--cores", "1",
+                          "--configfile", str(wf_cfg)], cwd=work, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (work / "results/phantom-brain/16/wdm/run/train_profile.json").exists()
+    assert not (work / "INJECTED").exists() and not (tmp_path / "INJECTED").exists()
