@@ -143,9 +143,9 @@ def test_manifest_errors(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------- errors
 def test_unknown_dataset_bad_size_and_source(tmp_path: Path) -> None:
-    assert DATASETS == ("phantom-brain",)
-    with pytest.raises(InputError, match="allowed: phantom-brain"):
-        prepare("brats", tmp_path / "x")
+    assert DATASETS == ("phantom-brain", "brats", "lidc")
+    with pytest.raises(InputError, match="allowed: phantom-brain, brats, lidc"):
+        prepare("nope", tmp_path / "x")
     with pytest.raises(InputError, match=r"\[16, 32, 64, 128\]"):
         prepare("phantom-brain", tmp_path / "x", size=48)
     with pytest.raises(InputError, match="no source"):

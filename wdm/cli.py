@@ -1,7 +1,7 @@
 """``wdm-bench``: the command line of the suite. Thin: parses arguments, calls the package.
 
-Sub-commands: prepare, train, sample, evaluate, table, figure. Exit code 0 on success; on any error
-one line ``wdm-bench <command>: error: <reason>`` on stderr and exit code 1 (2 for bad usage).
+Sub-commands: prepare, train, sample, real-stats, evaluate, table, figure. Exit code 0 on success;
+on any error one line ``wdm-bench <command>: error: <reason>`` on stderr and exit code 1 (2 for bad usage).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ def _cmd_prepare(a: argparse.Namespace) -> None:
     from wdm.data.prepare import prepare
 
     prepare(a.dataset, a.out, source=a.source, size=a.size, seed=a.seed, n_train=a.n_train,
-            n_test=a.n_test, overwrite=a.overwrite)
+            n_test=a.n_test, overwrite=a.overwrite, modality=a.modality, strict=a.strict,
+            threads=a.threads, progress=not a.no_progress)
 
 
 def _cmd_train(a: argparse.Namespace) -> None:
@@ -40,23 +41,50 @@ def _cmd_sample(a: argparse.Namespace) -> None:
            device=a.device, progress=not a.no_progress)
 
 
-def _cmd_evaluate(a: argparse.Namespace) -> None:
-    from eval.evaluate import evaluate, write_metrics
+def _eval_config(a: argparse.Namespace) -> dict:
+    """The evaluation config: schema defaults or ``--config``'s section, then command-line overrides."""
     from wdm.config import validate
 
-    _set_threads(a.threads)
     ecfg = validate({"datasets": {"_": {}}}, source="defaults")["evaluation"]
     if a.config:
         from wdm.config import load_workflow_config
 
         ecfg = load_workflow_config(a.config)["evaluation"]
     overrides = {"weights": a.weights, "depth": a.depth, "protocol": a.protocol, "seed": a.seed,
-                 "n_samples": a.n_fake, "batch_size": a.batch_size, "kernel_size": a.kernel_size}
+                 "batch_size": a.batch_size, "n_real": a.n_real}
+    for key in ("n_fake", "kernel_size", "max_pairs", "n_bootstrap"):
+        if hasattr(a, key):
+            overrides["n_samples" if key == "n_fake" else key] = getattr(a, key)
     ecfg.update({k: v for k, v in overrides.items() if v is not None})
+    return ecfg
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> None:
+    from eval.evaluate import evaluate, write_metrics
+
+    _set_threads(a.threads)
+    if a.real is None and a.real_stats is None:
+        raise ValueError("give --real DIR or --real-stats FILE")
+    ecfg = _eval_config(a)
     result = evaluate(a.real, a.fake, weights=ecfg["weights"], depth=ecfg["depth"],
                       protocol=ecfg["protocol"], batch_size=ecfg["batch_size"], seed=ecfg["seed"],
-                      kernel_size=ecfg["kernel_size"], n_fake=ecfg["n_samples"] if a.n_fake else None)
+                      kernel_size=ecfg["kernel_size"], n_fake=ecfg["n_samples"] if a.n_fake else None,
+                      n_real=ecfg.get("n_real"), max_pairs=ecfg.get("max_pairs"),
+                      n_bootstrap=ecfg.get("n_bootstrap", 200), ci_level=ecfg.get("ci_level", 0.95),
+                      real_stats=a.real_stats, device=a.device)
     write_metrics(a.out, result, ecfg)
+
+
+def _cmd_real_stats(a: argparse.Namespace) -> None:
+    from eval.evaluate import real_statistics, save_real_stats
+
+    _set_threads(a.threads)
+    ecfg = _eval_config(a)
+    stats = real_statistics(a.real, weights=ecfg["weights"], depth=ecfg["depth"],
+                            protocol=ecfg["protocol"], batch_size=ecfg["batch_size"],
+                            seed=ecfg["seed"], n_real=ecfg.get("n_real"), device=a.device)
+    save_real_stats(a.out, stats)
+    log.info("wrote %s (%d real volumes, %d features)", a.out, *stats["features"].shape)
 
 
 def _cmd_table(a: argparse.Namespace) -> None:
@@ -102,8 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--source", default=None, help="folder of the raw data (real data sets)")
     s.add_argument("--size", type=int, default=32, help="cube side of the output volumes")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--n-train", type=int, default=40)
-    s.add_argument("--n-test", type=int, default=20)
+    s.add_argument("--n-train", type=int, default=None,
+                   help="phantom-brain: volumes (default 40); brats/lidc: cap on training cases "
+                        "(default: every case not in the test set)")
+    s.add_argument("--n-test", type=int, default=20, help="volumes / cases held out for testing")
+    s.add_argument("--modality", default=None, choices=["t1n", "t1c", "t2w", "t2f"],
+                   help="BraTS scan (default t1n, as in the paper)")
+    s.add_argument("--strict", action="store_true",
+                   help="turn every excluded case (excluded.csv) into an error")
+    s.add_argument("--threads", type=int, default=1, help="cases processed in parallel")
+    s.add_argument("--no-progress", action="store_true")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     s.set_defaults(func=_cmd_prepare)
 
@@ -129,20 +165,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_sample)
 
-    s = sub.add_parser("evaluate", help="FID and MS-SSIM diversity of generated volumes")
-    s.add_argument("--real", required=True, help="folder of real volumes (NIfTI, [0, 1])")
+    def extractor_args(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--config", default=None, help="workflow config (its evaluation section)")
+        s.add_argument("--weights", default=None,
+                       help="MedicalNet weights: path, name, hub:NAME, auto:NAME, none")
+        s.add_argument("--depth", type=int, default=None, choices=[10, 18, 34, 50])
+        s.add_argument("--protocol", choices=["wdm", "hagan"], default=None)
+        s.add_argument("--n-real", type=int, default=None, help="use the first N real volumes")
+        s.add_argument("--seed", type=int, default=None)
+        s.add_argument("--batch-size", type=int, default=None, help="feature extraction batch size")
+        s.add_argument("--device", default="cpu", help="torch device for feature extraction")
+        s.add_argument("--threads", type=int, default=None)
+
+    s = sub.add_parser("evaluate", help="FID, MMD and MS-SSIM diversity of generated volumes")
+    s.add_argument("--real", default=None, help="folder of real volumes (NIfTI, [0, 1])")
+    s.add_argument("--real-stats", default=None,
+                   help="real-feature file from 'real-stats' (replaces reading --real)")
     s.add_argument("--fake", required=True, help="folder of generated volumes")
     s.add_argument("--out", required=True, help="metrics JSON file")
-    s.add_argument("--config", default=None, help="workflow config (its evaluation section)")
-    s.add_argument("--weights", default=None, help="MedicalNet weights: path, name, hub:NAME, auto:NAME")
-    s.add_argument("--depth", type=int, default=None, choices=[10, 18, 34, 50])
-    s.add_argument("--protocol", choices=["wdm", "hagan"], default=None)
+    extractor_args(s)
     s.add_argument("--n-fake", type=int, default=None, help="require and use this many fakes")
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--batch-size", type=int, default=None, help="feature extraction batch size")
     s.add_argument("--kernel-size", type=int, default=None, help="MS-SSIM Gaussian window (7)")
-    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--max-pairs", type=int, default=None,
+                   help="MS-SSIM on a random subset of this many pairs (default: all)")
+    s.add_argument("--n-bootstrap", type=int, default=None, help="bootstrap resamples (0: no CI)")
     s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("real-stats", help="extract and cache the real volumes' features")
+    s.add_argument("--real", required=True, help="folder of real volumes (NIfTI, [0, 1])")
+    s.add_argument("--out", required=True, help="output .npz file")
+    extractor_args(s)
+    s.set_defaults(func=_cmd_real_stats)
 
     s = sub.add_parser("table", help="collect metrics into the comparison table")
     s.add_argument("--metrics", nargs="*", help="metrics.json files (default: all under --results)")

@@ -2,20 +2,34 @@
 
 Every prepared folder holds ``train/`` and ``test/`` volumes (float32, [0, 1]), ``manifest.csv``
 with columns ``file,split,shape,sha256`` (``file`` relative to the folder, ``shape`` like
-``32x32x32``) and ``dataset.json`` with the parameters and provenance.
+``32x32x32``) and ``dataset.json`` with the parameters and provenance. Real data sets (``brats``,
+``lidc``) add the columns ``case,source,source_sha256`` and an ``excluded.csv`` (``case,source,
+reason``) listing every case left out and why; ``strict`` turns any exclusion into an error.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import logging
 import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from wdm.io import InputError, sha256_file
+from wdm.data.preprocess import run_parallel
+from wdm.io import InputError, code_version, save_nifti, sha256_file, write_json_atomic, write_text_atomic
 
 __all__ = [
     "DATASETS",
+    "EXCLUDED",
     "MANIFEST",
+    "SOURCE_COLUMNS",
+    "build_real_dataset",
+    "split_key",
     "MANIFEST_COLUMNS",
     "prepare",
     "read_manifest",
@@ -23,23 +37,37 @@ __all__ = [
     "split_files",
 ]
 
-DATASETS: tuple[str, ...] = ("phantom-brain",)
+log = logging.getLogger(__name__)
+
+DATASETS: tuple[str, ...] = ("phantom-brain", "brats", "lidc")
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS: tuple[str, ...] = ("file", "split", "shape", "sha256")
+#: Extra manifest columns of real data sets, after :data:`MANIFEST_COLUMNS`.
+SOURCE_COLUMNS: tuple[str, ...] = ("case", "source", "source_sha256")
+EXCLUDED = "excluded.csv"
 
 
 def prepare(dataset: str, out: str | os.PathLike, *, source: str | os.PathLike | None = None,
-            size: int = 32, seed: int = 0, n_train: int = 40, n_test: int = 20,
-            overwrite: bool = False) -> Path:
+            size: int = 32, seed: int = 0, n_train: int | None = None, n_test: int = 20,
+            overwrite: bool = False, modality: str | None = None, strict: bool = False,
+            threads: int = 1, cube: int | None = None, progress: bool = True) -> Path:
     """Prepare ``dataset`` at ``size``³ into ``out`` and return ``out``.
 
     Args:
         dataset: one of :data:`DATASETS`.
         out: the folder to create (refused if it exists and is not empty, unless ``overwrite``).
         source: the raw data folder; must be None for ``phantom-brain`` (built from the MNI152
-            template that nilearn ships).
-        size, seed, n_train, n_test: volume side and the generator's seed and split sizes.
+            template that nilearn ships), required for ``brats`` and ``lidc``.
+        size, seed, n_train, n_test: volume side, seed and split sizes. ``phantom-brain``
+            generates ``n_train`` (default 40) + ``n_test`` volumes; for real data ``n_test`` cases
+            are held out by a seeded split and ``n_train`` caps the training cases (None: all
+            the rest).
         overwrite: replace an existing non-empty ``out`` once the new data set is complete.
+        modality: BraTS scan (``t1n`` default; ``t1c``, ``t2w``, ``t2f``); only for ``brats``.
+        strict: turn every exclusion of a real case into an error.
+        threads: cases processed in parallel (real data sets).
+        cube: side of the padded/cropped cube before pooling (256, the paper's; tests use less).
+        progress: show a tqdm bar.
     """
     if dataset not in DATASETS:
         raise InputError(f"unknown data set {dataset!r}; allowed: {', '.join(DATASETS)}")
@@ -47,28 +75,211 @@ def prepare(dataset: str, out: str | os.PathLike, *, source: str | os.PathLike |
         if source is not None:
             raise InputError("phantom-brain takes no source: it is built from the MNI152 template "
                              f"packaged with nilearn (got source={str(source)!r})")
+        if modality is not None:
+            raise InputError(f"modality applies to brats only (got {modality!r} for phantom-brain)")
         from wdm.data.phantom import make_phantom_dataset
 
-        return make_phantom_dataset(out, size=size, n_train=n_train, n_test=n_test, seed=seed,
-                                    overwrite=overwrite)
-    raise AssertionError(f"unhandled data set {dataset!r}")  # pragma: no cover
+        return make_phantom_dataset(out, size=size, n_train=40 if n_train is None else n_train,
+                                    n_test=n_test, seed=seed, overwrite=overwrite)
+    if source is None:
+        raise InputError(f"{dataset} needs source= (the folder of the raw data set)")
+    if dataset == "brats":
+        from wdm.data import brats
+
+        mod = modality or "t1n"
+        if mod not in brats.MODALITIES:
+            raise InputError(f"unknown BraTS modality {mod!r}; allowed: {', '.join(brats.MODALITIES)}")
+        side = brats.CUBE if cube is None else int(cube)
+        _check_size(size, side)
+        cases = brats.find_brats_cases(source)
+
+        def fn(path: Path) -> Any:
+            return brats.preprocess_brats_case(path, modality=mod, size=size, cube=side)
+
+        params: dict[str, Any] = {"modality": mod, "clip_percentiles": list(brats.CLIP_PERCENTILES),
+                                  "pad_value": 0.0, "steps": [
+                                      "percentile clip", "min-max [0, 1]", "zero-pad to cube",
+                                      "average-pool"]}
+    elif dataset == "lidc":
+        from wdm.data import lidc
+
+        if modality is not None:
+            raise InputError(f"modality applies to brats only (got {modality!r} for lidc)")
+        side = lidc.CUBE if cube is None else int(cube)
+        _check_size(size, side)
+        cases = lidc.find_lidc_cases(source)
+
+        def fn(path: Path) -> Any:
+            return lidc.preprocess_lidc_case(path, size=size, cube=side)
+
+        params = {"spacing_mm": 1.0, "interpolation": "cubic spline (order 3)",
+                  "hu_min": lidc.AIR_HU, "clip_percentile": lidc.CLIP_PERCENTILE,
+                  "pad_value": lidc.AIR_HU, "steps": [
+                      "DICOM series -> HU", "resample 1 mm isotropic", "crop/pad to cube",
+                      "HU < -1000 -> -1000", "clip at percentile", "min-max [0, 1]", "average-pool"]}
+    else:  # pragma: no cover
+        raise AssertionError(f"unhandled data set {dataset!r}")
+    return build_real_dataset(dataset, out, cases, fn, source=source, size=size, cube=side,
+                              seed=seed, n_train=n_train, n_test=n_test, overwrite=overwrite,
+                              strict=strict, threads=threads, params=params, progress=progress)
+
+
+def _check_size(size: int, cube: int) -> None:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1 or size > cube or cube % size:
+        raise InputError(f"size must divide the cube side {cube} (e.g. 128 or 256), got {size!r}")
+
+
+def split_key(seed: int, case: str) -> str:
+    """Sort key of the seeded split: the first ``n_test`` cases by this key are the test set.
+
+    A hash per case (not a permutation of the list), so excluding or adding one case never moves
+    another case between train and test.
+    """
+    return hashlib.sha256(f"{int(seed)}:{case}".encode()).hexdigest()
+
+
+def build_real_dataset(dataset: str, out: str | os.PathLike, cases: list[tuple[str, Path]],
+                       fn: Callable[[Path], tuple[Any, Any, dict[str, Any]]], *,
+                       source: str | os.PathLike, size: int, cube: int, seed: int,
+                       n_train: int | None, n_test: int, overwrite: bool, strict: bool,
+                       threads: int, params: dict[str, Any], progress: bool = True) -> Path:
+    """Run ``fn`` (one case -> volume, affine, record) over ``cases`` and write the data folder.
+
+    Each case is processed in a thread pool and written at once to a staging folder inside a
+    hidden sibling of ``out``; a case whose ``fn`` raises :class:`InputError` is excluded (listed
+    in ``excluded.csv`` with the message) or, with ``strict``, aborts the whole run. Then the
+    seeded split (:func:`split_key`) moves the volumes into ``train/`` and ``test/``, the
+    manifest and ``dataset.json`` are written, and the folder is renamed onto ``out``. On any
+    error the sibling is removed: nothing half-written is left.
+    """
+    from wdm.data.phantom import _check_out, _swap_into_place
+
+    for name, val, least in (("n_test", n_test, 1), ("threads", threads, 1)):
+        if not isinstance(val, int) or isinstance(val, bool) or val < least:
+            raise InputError(f"{name} must be an integer >= {least}, got {val!r}")
+    if n_train is not None and (not isinstance(n_train, int) or n_train < 1):
+        raise InputError(f"n_train must be null (all) or an integer >= 1, got {n_train!r}")
+    if len(cases) < n_test + 1:
+        raise InputError(f"{source}: {len(cases)} case(s) found; n_test={n_test} needs at least "
+                         f"{n_test + 1}")
+    out = Path(out)
+    source = Path(source)
+    _check_out(out, overwrite)
+    t0 = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    staging = tmp / "staging"
+    staging.mkdir()
+
+    def one(case: tuple[str, Path]) -> dict[str, Any]:
+        cid, path = case
+        try:
+            vol, aff, rec = fn(path)
+        except InputError as exc:
+            if strict:
+                raise InputError(f"{exc} [case {cid}; strict: exclusions are errors]") from exc
+            log.warning("excluding %s: %s", cid, exc)
+            return {"case": cid, "path": path, "excluded": str(exc)}
+        dest = staging / f"{cid}.nii.gz"
+        save_nifti(dest, vol, aff)
+        return {"case": cid, "path": path, "record": rec, "shape": "x".join(map(str, vol.shape)),
+                "sha256": sha256_file(dest)}
+
+    try:
+        results = run_parallel(one, cases, threads=threads, desc=f"{dataset} {size}³",
+                                progress=progress)
+        excluded = [r for r in results if "excluded" in r]
+        kept = [r for r in results if "excluded" not in r]
+        if len(kept) < n_test + 1:
+            raise InputError(f"{source}: only {len(kept)} of {len(cases)} case(s) usable "
+                             f"({len(excluded)} excluded); n_test={n_test} needs at least {n_test + 1}")
+        ordered = sorted(kept, key=lambda r: split_key(seed, r["case"]))
+        test = ordered[:n_test]
+        train = ordered[n_test:] if n_train is None else ordered[n_test:n_test + n_train]
+        rows = []
+        for split, group in (("train", train), ("test", test)):
+            (tmp / split).mkdir()
+            for r in sorted(group, key=lambda r: r["case"]):
+                rel = f"{split}/{r['case']}.nii.gz"
+                os.replace(staging / f"{r['case']}.nii.gz", tmp / rel)
+                rows.append([rel, split, r["shape"], r["sha256"], r["case"],
+                             _rel(Path(r["record"]["source"]), source), r["record"]["source_sha256"]])
+        shutil.rmtree(staging)
+        _write_csv(tmp / MANIFEST, MANIFEST_COLUMNS + SOURCE_COLUMNS, rows)
+        _write_csv(tmp / EXCLUDED, ("case", "source", "reason"),
+                   [[r["case"], _rel(r["path"], source), r["excluded"]] for r in excluded])
+        unused = sorted(r["case"] for r in ordered[n_test + len(train):])
+        write_json_atomic(tmp / "dataset.json", {
+            "name": dataset,
+            "size": size,
+            "shape": [size] * 3,
+            "cube": cube,
+            "value_range": [0.0, 1.0],
+            "source": str(source.resolve()),
+            "n_found": len(cases),
+            "n_excluded": len(excluded),
+            "n_train": len(train),
+            "n_test": len(test),
+            "n_unused": len(unused),
+            "seed": int(seed),
+            "split": "cases sorted by sha256(f'{seed}:{case}'); the first n_test are the test set, "
+                     "the next n_train (all when null) the training set",
+            "test_cases": sorted(r["case"] for r in test),
+            "unused_cases": unused,
+            "padded_cases": sorted(r["case"] for r in kept if r["record"].get("padded")),
+            "cropped_cases": sorted(r["case"] for r in kept if r["record"].get("cropped")),
+            "strict": bool(strict),
+            "preprocessing": params,
+            "cases": {r["case"]: r["record"] for r in kept},
+            "code_version": code_version(),
+        })
+        _swap_into_place(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %s: %d train + %d test volumes of %d³ from %d case(s), %d excluded (%s) in %.1f s",
+             out, len(train), len(test), size, len(cases), len(excluded), EXCLUDED,
+             time.perf_counter() - t0)
+    return out
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _write_csv(path: Path, header: tuple[str, ...], rows: list[list[str]]) -> None:
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
 
 
 def read_manifest(data_dir: str | os.PathLike) -> list[dict[str, str]]:
-    """Rows of ``data_dir/manifest.csv`` as dicts with keys :data:`MANIFEST_COLUMNS`, in order."""
+    """Rows of ``data_dir/manifest.csv`` as dicts, in order.
+
+    The first columns must be :data:`MANIFEST_COLUMNS` (all non-empty); extra columns (real data
+    sets add :data:`SOURCE_COLUMNS`) are kept in the dicts.
+    """
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
         raise InputError(f"{data_dir}: no {MANIFEST} (not a prepared data folder?)")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != MANIFEST_COLUMNS:
+        fields = tuple(reader.fieldnames or ())
+        if fields[: len(MANIFEST_COLUMNS)] != MANIFEST_COLUMNS:
             raise InputError(f"{path}: expected columns {','.join(MANIFEST_COLUMNS)}, "
                              f"got {','.join(reader.fieldnames or ())}")
         rows = []
         for line, row in enumerate(reader, start=2):
             if any(not row.get(col) for col in MANIFEST_COLUMNS):
                 raise InputError(f"{path}:{line}: empty field in {row}")
-            rows.append({col: row[col] for col in MANIFEST_COLUMNS})
+            rows.append({col: row[col] or "" for col in fields})
     if not rows:
         raise InputError(f"{path}: the manifest lists no files")
     return rows
