@@ -7,6 +7,11 @@ Protocols (DESIGN.md, "Evaluation protocol"):
   MS-SSIM among generated samples, 3D, data range 1, Gaussian kernel 7.
 - ``hagan`` (Sun et al. 2022, HA-GAN's code): ``resnet_50.pth`` (8 data sets), inputs in [-1, 1].
 
+Real-volume features depend only on (data set, resolution, protocol, extractor), so they are
+extracted once (:func:`real_statistics`, saved by :func:`save_real_stats` as an ``.npz``) and
+reused by every model's :func:`evaluate` (``real_stats=``), which checks that the cache was made
+with the same protocol, extractor and weights.
+
 Volumes are read as NIfTI in [0, 1]; every number is stored with the protocol and the feature
 extractor that produced it, so an FID from an untrained network is never mistaken for a MedicalNet
 FID.
@@ -14,6 +19,7 @@ FID.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -29,10 +35,26 @@ from eval.features import (
     medicalnet_resnet,
     resolve_weights,
 )
-from eval.metrics import fid, max_ms_ssim_scales, pairwise_ms_ssim
-from wdm.io import InputError, code_version, list_volumes, load_nifti, sha256_file, write_json_atomic
+from eval.metrics import (
+    fid_bootstrap_ci,
+    fid_from_features,
+    max_ms_ssim_scales,
+    mmd,
+    ms_ssim_bootstrap_ci,
+    pairwise_ms_ssim,
+)
+from wdm.io import (
+    InputError,
+    atomic_path,
+    code_version,
+    list_volumes,
+    load_nifti,
+    sha256_file,
+    write_json_atomic,
+)
 
-__all__ = ["PROTOCOLS", "evaluate", "write_metrics"]
+__all__ = ["PROTOCOLS", "evaluate", "write_metrics", "real_statistics", "save_real_stats",
+           "load_real_stats"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,37 +102,133 @@ def _resolve_spec(weights: str | None, protocol: str) -> str | None:
     return weights
 
 
-def evaluate(real_dir: str | os.PathLike, fake_dir: str | os.PathLike, *,
+class _Extractor:
+    """The resolved feature extractor of one evaluation: checkpoint, label, hash, network."""
+
+    def __init__(self, weights: str | None, depth: int, protocol: str, seed: int) -> None:
+        if protocol not in PROTOCOLS:
+            raise InputError(f"unknown protocol {protocol!r}; allowed: {sorted(PROTOCOLS)}")
+        ckpt, self.label = resolve_weights(_resolve_spec(weights, protocol), depth=depth, seed=seed)
+        stem = ckpt.name.removesuffix(".pth") if ckpt is not None else None
+        entry = MEDICALNET_WEIGHTS.get(stem) if stem else None
+        if entry is not None and entry["depth"] != depth:
+            raise InputError(f"weights {stem!r} are a resnet{entry['depth']}, but depth={depth}")
+        if ckpt is not None and stem != PROTOCOLS[protocol]["weights"]:
+            logger.warning("protocol %r prescribes %s, but %s is used", protocol,
+                           PROTOCOLS[protocol]["weights"], ckpt.name)
+        self.ckpt, self.depth, self.protocol, self.seed = ckpt, depth, protocol, seed
+        self.input_range = PROTOCOLS[protocol]["input_range"]
+        self.weights_sha256 = sha256_file(ckpt) if ckpt is not None else None
+        self._model: torch.nn.Module | None = None
+
+    def features(self, volumes: Any, batch_size: int, device: str) -> np.ndarray:
+        if self._model is None:
+            self._model = medicalnet_resnet(self.depth, self.ckpt, seed=self.seed)  # checks SHA
+        return extract_features(self._model, volumes, batch_size=batch_size, device=device,
+                                input_range=self.input_range)
+
+    def identity(self) -> dict[str, Any]:
+        """What a cached feature file must agree on to be reused."""
+        return {"protocol": self.protocol, "feature_extractor": self.label,
+                "weights_sha256": self.weights_sha256, "depth": self.depth,
+                "input_range": list(self.input_range)}
+
+
+def real_statistics(real_dir: str | os.PathLike, *, weights: str | None = "auto", depth: int = 50,
+                    protocol: str = "wdm", batch_size: int = 4, seed: int = 0,
+                    n_real: int | None = None, device: str = "cpu",
+                    _extractor: _Extractor | None = None) -> dict[str, Any]:
+    """Features of the real volumes and their provenance, for reuse by many evaluations.
+
+    Returns ``{"features": (N, F) float64, "mu": (F,), "sigma": (F, F), "meta": {...}}``; ``meta``
+    holds the protocol, extractor label, weights SHA-256, depth, input range, seed, volume shape,
+    and the file names with their SHA-256. ``n_real`` takes the first files in sorted order.
+    """
+    ext = _extractor or _Extractor(weights, depth, protocol, seed)
+    files = _select(real_dir, n_real, "real")
+    if len(files) < 2:
+        raise InputError(f"{real_dir}: need at least 2 real volumes, got {len(files)}")
+    shape = tuple(_load_checked(files[0], None).shape)
+    feats = ext.features(_stream(files, shape), batch_size, device)
+    meta = {**ext.identity(), "seed": seed, "shape": list(shape), "real_dir": str(real_dir),
+            "n_real": len(files), "files": [f.name for f in files],
+            "files_sha256": [sha256_file(f) for f in files], "code_version": code_version()}
+    return {"features": feats, "mu": feats.mean(0),
+            "sigma": np.cov(feats, rowvar=False, ddof=1), "meta": meta}
+
+
+def save_real_stats(path: str | os.PathLike, stats: dict[str, Any]) -> None:
+    """Write :func:`real_statistics` output as ``.npz`` (metadata as a JSON string), atomically."""
+    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, features=stats["features"], mu=stats["mu"], sigma=stats["sigma"],
+                 meta=np.array(json.dumps(stats["meta"])))
+
+
+def load_real_stats(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a file written by :func:`save_real_stats` (no pickle); errors name the file."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in ("features", "mu", "sigma")}
+            out["meta"] = json.loads(str(z["meta"]))
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputError(f"{path}: not a real-feature statistics file written by "
+                         f"'wdm-bench real-stats' ({type(exc).__name__}: {exc})") from exc
+    f = out["features"]
+    if f.ndim != 2 or f.shape[0] != out["meta"].get("n_real"):
+        raise InputError(f"{path}: field 'features' has shape {f.shape}, expected "
+                         f"(n_real={out['meta'].get('n_real')}, F)")
+    return out
+
+
+def _check_cache(path: str | os.PathLike, cache: dict[str, Any], ext: _Extractor,
+                 shape: tuple[int, ...], n_real: int | None) -> None:
+    meta = cache["meta"]
+    for key, want in ext.identity().items():
+        if meta.get(key) != want:
+            raise InputError(f"{path}: field {key!r} is {meta.get(key)!r}, but this evaluation "
+                             f"uses {want!r}; recompute it with 'wdm-bench real-stats'")
+    if tuple(meta.get("shape", ())) != shape:
+        raise InputError(f"{path}: field 'shape' is {meta.get('shape')}, but the generated "
+                         f"volumes are {list(shape)}")
+    if n_real is not None and meta["n_real"] != n_real:
+        raise InputError(f"{path}: field 'n_real' is {meta['n_real']}, but n_real={n_real}")
+
+
+def _sample_seed(fake_dir: str | os.PathLike) -> int | None:
+    prof = Path(fake_dir) / "sample_profile.json"
+    if not prof.is_file():
+        return None
+    try:
+        return json.loads(prof.read_text()).get("seed")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
+def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike, *,
              weights: str | None = "auto", depth: int = 50, protocol: str = "wdm",
              batch_size: int = 4, seed: int = 0, kernel_size: int = 7,
              n_real: int | None = None, n_fake: int | None = None, device: str = "cpu",
-             max_pairs: int | None = None) -> dict[str, Any]:
-    """FID between ``real_dir`` and ``fake_dir`` and mean pairwise MS-SSIM among the fakes.
+             max_pairs: int | None = None, n_bootstrap: int = 200, ci_level: float = 0.95,
+             real_stats: str | os.PathLike | None = None) -> dict[str, Any]:
+    """FID and MMD between real and generated features, mean pairwise MS-SSIM among the fakes.
 
     ``weights``: a spec for :func:`eval.features.resolve_weights` (``"auto"`` = the protocol's
     checkpoint if present locally, else an untrained network, labelled as such; ``"none"`` =
-    untrained). ``n_real`` / ``n_fake`` take the first volumes in sorted file order (error if fewer
+    untrained). ``real_stats``: a file from :func:`save_real_stats`; its features replace reading
+    ``real_dir`` (which may then be None) after checking protocol, extractor, weights SHA-256 and
+    shape. ``n_real`` / ``n_fake`` take the first volumes in sorted file order (error if fewer
     exist). Volumes must be 3D, all of one shape, with values in [0, 1] (± ``RANGE_TOL``).
-    ``max_pairs`` limits MS-SSIM to a random subset of pairs drawn with ``seed``.
+    ``max_pairs`` limits MS-SSIM to a random subset of pairs drawn with ``seed`` (its standard
+    error is reported). Percentile bootstrap intervals (``n_bootstrap`` resamples, level
+    ``ci_level``, seeded with ``seed``) for FID and mean MS-SSIM; ``n_bootstrap=0`` skips them.
     Returns a JSON-ready dict (see the keys at the end of this function).
     """
-    if protocol not in PROTOCOLS:
-        raise InputError(f"unknown protocol {protocol!r}; allowed: {sorted(PROTOCOLS)}")
-    spec = _resolve_spec(weights, protocol)
-    ckpt, label = resolve_weights(spec, depth=depth, seed=seed)
-    stem = ckpt.name.removesuffix(".pth") if ckpt is not None else None
-    entry = MEDICALNET_WEIGHTS.get(stem) if stem else None
-    if entry is not None and entry["depth"] != depth:
-        raise InputError(f"weights {stem!r} are a resnet{entry['depth']}, but depth={depth}")
-    if ckpt is not None and stem != PROTOCOLS[protocol]["weights"]:
-        logger.warning("protocol %r prescribes %s, but %s is used", protocol,
-                       PROTOCOLS[protocol]["weights"], ckpt.name)
-
+    if real_dir is None and real_stats is None:
+        raise InputError("give real_dir or real_stats")
+    ext = _Extractor(weights, depth, protocol, seed)
     fake_files = _select(fake_dir, n_fake, "fake")
-    real_files = _select(real_dir, n_real, "real")
-    if len(fake_files) < 2 or len(real_files) < 2:
-        raise InputError(f"need at least 2 real and 2 fake volumes, got {len(real_files)} real "
-                         f"({real_dir}) and {len(fake_files)} fake ({fake_dir})")
+    if len(fake_files) < 2:
+        raise InputError(f"need at least 2 fake volumes, got {len(fake_files)} ({fake_dir})")
     first = _load_checked(fake_files[0], None)
     shape = tuple(first.shape)
     fakes = np.stack([first] + [_load_checked(f, shape) for f in fake_files[1:]])
@@ -119,37 +237,66 @@ def evaluate(real_dir: str | os.PathLike, fake_dir: str | os.PathLike, *,
         raise InputError(f"{fake_dir}: volume shape {shape} is smaller than the MS-SSIM kernel "
                          f"{kernel_size}")
 
-    model = medicalnet_resnet(depth, ckpt, seed=seed)  # checks the manifest SHA-256
-    weights_sha = sha256_file(ckpt) if ckpt is not None else None
-    input_range = PROTOCOLS[protocol]["input_range"]
-    feats_fake = extract_features(model, fakes, batch_size=batch_size, device=device,
-                                  input_range=input_range)
-    feats_real = extract_features(model, _stream(real_files, shape), batch_size=batch_size,
-                                  device=device, input_range=input_range)
-    fid_value = fid(feats_real, feats_fake)
+    if real_stats is not None:
+        cache = load_real_stats(real_stats)
+        _check_cache(real_stats, cache, ext, shape, n_real)
+        logger.info("real features from %s (%d volumes)", real_stats, cache["meta"]["n_real"])
+        real_meta = cache["meta"]
+    else:
+        cache = real_statistics(real_dir, depth=depth, protocol=protocol, batch_size=batch_size,
+                                seed=seed, n_real=n_real, device=device, _extractor=ext)
+        real_meta = cache["meta"]
+        if tuple(real_meta["shape"]) != shape:
+            raise InputError(f"{real_dir}: real volumes {tuple(real_meta['shape'])} differ from "
+                             f"the generated {shape}")
+    feats_real = np.asarray(cache["features"], np.float64)
+    feats_fake = ext.features(fakes, batch_size, device)
+    fid_value = fid_from_features(feats_real, feats_fake)
+    mmd_res = mmd(feats_real, feats_fake)
 
     gen = torch.Generator().manual_seed(seed)
     div = pairwise_ms_ssim(torch.from_numpy(fakes).unsqueeze(1), kernel_size=kernel_size,
-                           data_range=1.0, scales=scales, max_pairs=max_pairs, generator=gen)
-    logger.info("FID %.6g (%s, protocol %s), MS-SSIM %.4f over %d pairs", fid_value, label,
-                protocol, div["mean"], div["n_pairs"])
+                           data_range=1.0, scales=scales, max_pairs=max_pairs, generator=gen,
+                           return_values=True)
+    ci: dict[str, float | None] = dict.fromkeys(
+        ("fid_ci_low", "fid_ci_high", "ms_ssim_ci_low", "ms_ssim_ci_high"))
+    if n_bootstrap:
+        ci["fid_ci_low"], ci["fid_ci_high"] = fid_bootstrap_ci(
+            feats_real, feats_fake, n_bootstrap=n_bootstrap, level=ci_level, seed=seed)
+        ci["ms_ssim_ci_low"], ci["ms_ssim_ci_high"] = ms_ssim_bootstrap_ci(
+            div["values"], div["pairs"], len(fake_files), n_bootstrap=n_bootstrap,
+            level=ci_level, seed=seed)
+    logger.info("FID %.6g [%s, %s] (%s, protocol %s), MMD² %.4g, MS-SSIM %.4f over %d pairs",
+                fid_value, ci["fid_ci_low"], ci["fid_ci_high"], ext.label, protocol,
+                mmd_res["mmd2"], div["mean"], div["n_pairs"])
     return {
         "fid": fid_value,
+        **{k: v for k, v in ci.items() if k.startswith("fid")},
+        "mmd": mmd_res["mmd2"],
+        "mmd_bandwidth": mmd_res["bandwidth"],
         "ms_ssim": div["mean"],
+        **{k: v for k, v in ci.items() if k.startswith("ms_ssim")},
         "ms_ssim_std": div["std"],
+        "ms_ssim_se": div["se"],
         "ms_ssim_pairs": div["n_pairs"],
+        "ms_ssim_pairs_total": div["n_pairs_total"],
         "ms_ssim_scales": div["scales"],
         "ms_ssim_kernel": kernel_size,
-        "n_real": len(real_files),
+        "ci_level": ci_level,
+        "n_bootstrap": n_bootstrap,
+        "n_real": int(real_meta["n_real"]),
         "n_fake": len(fake_files),
-        "feature_extractor": label,
+        "feature_extractor": ext.label,
         "feature_dim": int(feats_real.shape[1]),
-        "weights_sha256": weights_sha,
+        "weights_sha256": ext.weights_sha256,
         "protocol": protocol,
-        "input_range": list(input_range),
+        "input_range": list(ext.input_range),
         "seed": seed,
+        "seeds": {"evaluation": seed, "extractor_init": seed, "pair_subset": seed,
+                  "bootstrap": seed, "sampling": _sample_seed(fake_dir)},
         "shape": list(shape),
-        "real_dir": str(real_dir),
+        "real_dir": real_meta.get("real_dir"),
+        "real_stats": str(real_stats) if real_stats is not None else None,
         "fake_dir": str(fake_dir),
         "code_version": code_version(),
     }

@@ -60,9 +60,14 @@ def test_prepare_then_table_and_figure(capsys, tmp_path, phantom16):
                                                   "n_fake": 3, "feature_extractor": "x"}))
     out = tmp_path / "results" / "table1.csv"
     assert main(["table", "--results", str(tmp_path / "results"), "--out", str(out)]) == 0
-    text = out.read_text().splitlines()
-    assert text[0].startswith("dataset,resolution,model,fid,ms_ssim")
-    assert text[1].startswith("phantom-brain,16,wdm,1.5,0.5")
+    import csv
+
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["dataset"], row["resolution"], row["model"]) == ("phantom-brain", "16", "wdm")
+    assert (float(row["fid"]), float(row["ms_ssim"]), row["n_real"]) == (1.5, 0.5, "6")
     png = tmp_path / "fig.png"
     assert main(["figure", "--real", str(phantom16 / "train"), "--fake",
                  f"copy={phantom16 / 'test'}", "--out", str(png), "--n", "2"]) == 0

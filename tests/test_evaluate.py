@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from eval.evaluate import PROTOCOLS, evaluate, write_metrics
+from eval.evaluate import (
+    PROTOCOLS,
+    evaluate,
+    load_real_stats,
+    real_statistics,
+    save_real_stats,
+    write_metrics,
+)
 from eval.features import medicalnet_resnet
 from wdm.io import InputError, save_nifti, sha256_file
 
@@ -133,3 +140,123 @@ def test_write_metrics_atomic_json(dirs, tmp_path):
     assert data["fid"] == pytest.approx(res["fid"]) and data["config"] == {"weights": "none",
                                                                           "depth": 10}
     assert [p.name for p in out.parent.iterdir()] == ["metrics.json"]
+
+
+# ------------------------------------------------------------------ cached real features
+def test_real_stats_cache_is_reused_without_touching_real_volumes(dirs, tmp_path, monkeypatch):
+    import eval.evaluate as ev
+
+    real, fake = dirs
+    stats = real_statistics(real, weights="none", depth=10)
+    cache = tmp_path / "cache" / "real_features_wdm.npz"
+    save_real_stats(cache, stats)
+    meta = load_real_stats(cache)["meta"]
+    assert meta["protocol"] == "wdm" and meta["n_real"] == 4 and meta["weights_sha256"] is None
+    assert meta["files"] == [f"vol_{i:03d}.nii.gz" for i in range(4)]
+    assert meta["files_sha256"][0] == sha256_file(real / "vol_000.nii.gz")
+    direct = evaluate(real, fake, weights="none", depth=10)
+
+    seen = []
+    orig = ev.extract_features
+
+    def counting(model, volumes, **kw):
+        vols = list(volumes)
+        seen.append(len(vols))
+        return orig(model, vols, **kw)
+
+    monkeypatch.setattr(ev, "extract_features", counting)
+    monkeypatch.setattr(ev, "_load_checked", _forbid_real(ev._load_checked, real))
+    for _ in range(2):  # two "models" against the same cache
+        res = evaluate(None, fake, weights="none", depth=10, real_stats=cache)
+        assert res["fid"] == pytest.approx(direct["fid"], rel=1e-9, abs=1e-9)
+        assert res["mmd"] == pytest.approx(direct["mmd"], rel=1e-9, abs=1e-12)
+        assert res["n_real"] == 4 and res["real_stats"] == str(cache)
+    assert seen == [4, 4]  # only the 4 fakes went through the extractor, each time
+
+
+def _forbid_real(load, real_dir):
+    def guarded(path, shape):
+        assert real_dir not in path.parents, f"real volume {path} was read"
+        return load(path, shape)
+    return guarded
+
+
+def test_real_stats_mismatch_is_refused(dirs, tmp_path):
+    real, fake = dirs
+    cache = tmp_path / "rf.npz"
+    save_real_stats(cache, real_statistics(real, weights="none", depth=10))
+    with pytest.raises(InputError, match=r"rf\.npz: field 'protocol' is 'wdm'.*'hagan'"):
+        evaluate(None, fake, weights="none", depth=10, protocol="hagan", real_stats=cache)
+    with pytest.raises(InputError, match="field 'feature_extractor'"):
+        evaluate(None, fake, weights="none", depth=10, seed=1, real_stats=cache)
+    with pytest.raises(InputError, match="field 'n_real' is 4, but n_real=3"):
+        evaluate(None, fake, weights="none", depth=10, n_real=3, real_stats=cache)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="junk.npz: not a real-feature statistics file"):
+        evaluate(None, fake, weights="none", depth=10, real_stats=tmp_path / "junk.npz")
+
+
+def test_metrics_record_provenance_intervals_and_mmd(dirs):
+    real, fake = dirs
+    (fake / "sample_profile.json").write_text(json.dumps({"seed": 77}))
+    res = evaluate(real, fake, weights="none", depth=10, seed=5, n_bootstrap=50)
+    assert res["seeds"] == {"evaluation": 5, "extractor_init": 5, "pair_subset": 5,
+                            "bootstrap": 5, "sampling": 77}
+    assert {"protocol", "weights_sha256", "n_real", "n_fake"} <= res.keys()
+    assert res["fid_ci_low"] <= res["fid_ci_high"] and res["n_bootstrap"] == 50
+    assert res["ms_ssim_ci_low"] <= res["ms_ssim"] <= res["ms_ssim_ci_high"]
+    assert math.isfinite(res["mmd"]) and res["mmd_bandwidth"] > 0
+    assert res == {**evaluate(real, fake, weights="none", depth=10, seed=5, n_bootstrap=50),
+                   "code_version": res["code_version"]}
+    none = evaluate(real, fake, weights="none", depth=10, n_bootstrap=0)
+    assert none["fid_ci_low"] is None and none["ms_ssim_ci_high"] is None
+
+
+def test_cli_real_stats_then_evaluate(dirs, tmp_path):
+    from wdm.cli import main
+
+    real, fake = dirs
+    cache, out = tmp_path / "rs.npz", tmp_path / "m.json"
+    common = ["--weights", "none", "--depth", "10", "--seed", "0"]
+    assert main(["real-stats", "--real", str(real), "--out", str(cache), *common]) == 0
+    assert main(["evaluate", "--real-stats", str(cache), "--fake", str(fake), "--out", str(out),
+                 *common, "--n-bootstrap", "20", "--max-pairs", "3"]) == 0
+    data = json.loads(out.read_text())
+    assert data["ms_ssim_pairs"] == 3 and data["ms_ssim_se"] > 0 and data["n_bootstrap"] == 20
+    assert data["config"]["max_pairs"] == 3
+    assert main(["evaluate", "--real-stats", str(cache), "--fake", str(fake), "--out", str(out),
+                 "--weights", "none", "--depth", "10", "--protocol", "hagan"]) == 1
+
+
+# ------------------------------------------------------------------ FID sanity on phantoms
+@pytest.fixture(scope="module")
+def phantom_features():
+    """8 phantom volumes at 16³, an untrained seeded ResNet-10 and the volumes' features."""
+    from eval.features import extract_features
+    from wdm.data.phantom import make_phantom
+
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(3).spawn(8)]
+    vols = np.stack([make_phantom(r, SIDE) for r in rngs])
+    model = medicalnet_resnet(10, seed=0)
+    return vols, model, extract_features(model, vols)
+
+
+@pytest.mark.parametrize("kind", ["noise", "blur"])
+def test_fid_rises_monotonically_with_degradation(kind, phantom_features):
+    from scipy.ndimage import gaussian_filter
+
+    from eval.features import extract_features
+    from eval.metrics import fid
+
+    vols, model, ref = phantom_features
+    noise = np.random.default_rng(4).normal(size=vols.shape)
+    levels = [0.0, 0.05, 0.1, 0.2, 0.4] if kind == "noise" else [0.0, 0.5, 1.0, 1.5, 2.5]
+    fids = []
+    for lv in levels:
+        if kind == "noise":
+            deg = np.clip(vols + lv * noise, 0, 1)
+        else:
+            deg = np.stack([gaussian_filter(v, lv) if lv else v for v in vols])
+        fids.append(fid(ref, extract_features(model, deg)))
+    assert abs(fids[0]) < 1e-6  # the undegraded volumes: identical features
+    assert all(a < b for a, b in zip(fids, fids[1:], strict=False)), fids

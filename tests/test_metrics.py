@@ -13,9 +13,13 @@ from eval.metrics import (
     MS_SSIM_WEIGHTS,
     feature_statistics,
     fid,
+    fid_bootstrap_ci,
+    fid_from_features,
     frechet_distance,
     max_ms_ssim_scales,
+    mmd,
     ms_ssim,
+    ms_ssim_bootstrap_ci,
     pairwise_ms_ssim,
 )
 
@@ -201,3 +205,107 @@ def test_pairwise_identical_volumes_and_subset():
     with pytest.raises(ValueError, match="at least 2"):
         pairwise_ms_ssim(vols[:1])
     assert math.isfinite(a["mean"])
+
+
+def test_pairwise_blocks_equal_single_block_and_loop():
+    g = torch.Generator().manual_seed(7)
+    vols = torch.rand(7, 1, 16, 16, 16, generator=g)
+    whole = pairwise_ms_ssim(vols, return_values=True)
+    tiny_budget = pairwise_ms_ssim(vols, memory_budget_gb=1e-4, batch_size=2, return_values=True)
+    np.testing.assert_allclose(whole["values"], tiny_budget["values"], rtol=0, atol=1e-14)
+    loop = ms_ssim(vols[whole["pairs"][:, 0]], vols[whole["pairs"][:, 1]], scales=2)
+    np.testing.assert_allclose(whole["values"], loop.numpy(), rtol=0, atol=1e-12)
+    assert whole["se"] == 0.0 and whole["n_pairs_total"] == 21
+
+
+def _phantoms(n, size, seed=0):
+    from wdm.data.phantom import make_phantom
+
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n)]
+    return torch.from_numpy(np.stack([make_phantom(r, size) for r in rngs])).unsqueeze(1)
+
+
+@pytest.mark.parametrize("kind", ["random", "phantom"])
+def test_pairwise_matches_monai_metric(kind):
+    pytest.importorskip("monai")
+    from monai.metrics import MultiScaleSSIMMetric
+
+    if kind == "random":
+        g = torch.Generator().manual_seed(8)
+        vols = torch.rand(4, 1, 32, 32, 32, generator=g)
+    else:
+        vols = _phantoms(4, 32)
+    w = [v / sum(MS_SSIM_WEIGHTS[:3]) for v in MS_SSIM_WEIGHTS[:3]]
+    metric = MultiScaleSSIMMetric(spatial_dims=3, data_range=1.0, kernel_size=7, weights=w)
+    res = pairwise_ms_ssim(vols, return_values=True)
+    assert res["scales"] == 3
+    ref = [float(metric(vols[i:i + 1], vols[j:j + 1]).flatten()[0]) for i, j in res["pairs"]]
+    np.testing.assert_allclose(res["values"], ref, rtol=0, atol=1e-5)
+
+
+def test_pair_subset_is_unbiased_with_standard_error():
+    vols = torch.rand(8, 1, 16, 16, 16, generator=torch.Generator().manual_seed(9))
+    full = pairwise_ms_ssim(vols)
+    subs = [pairwise_ms_ssim(vols, max_pairs=6, generator=torch.Generator().manual_seed(s))
+            for s in range(60)]
+    means = np.array([r["mean"] for r in subs])
+    ses = np.array([r["se"] for r in subs])
+    assert all(r["n_pairs"] == 6 and r["n_pairs_total"] == 28 for r in subs)
+    # the average of 60 subset means lies within 4 standard errors of the all-pairs mean
+    assert abs(means.mean() - full["mean"]) < 4 * ses.mean() / math.sqrt(len(subs))
+    # the reported SE matches the spread of the subset means (finite-population corrected)
+    assert 0.6 < means.std(ddof=1) / ses.mean() < 1.6
+
+
+# ------------------------------------------------------------------------- MMD / bootstrap
+def test_mmd_by_hand_and_median_heuristic():
+    a = np.array([[0.0], [1.0]])
+    b = np.array([[3.0], [4.0]])
+    # pooled distances: 1, 3, 4, 2, 3, 1 -> median 2.5
+    res = mmd(a, b)
+    assert res["bandwidth"] == pytest.approx(2.5)
+    k = lambda d: math.exp(-d * d / (2 * 2.5 ** 2))  # noqa: E731
+    want = k(1) + k(1) - 2 * (k(3) + k(4) + k(2) + k(3)) / 4
+    assert res["mmd2"] == pytest.approx(want, rel=1e-12)
+    assert mmd(a, b, bandwidth=1.0)["bandwidth"] == 1.0
+
+
+def test_mmd_unbiased_near_zero_for_same_distribution_and_grows_with_shift():
+    rng = np.random.default_rng(10)
+    same = [mmd(rng.normal(size=(30, 8)), rng.normal(size=(30, 8)))["mmd2"] for _ in range(40)]
+    assert min(same) < 0 < max(same)  # unbiased: no positive floor
+    assert abs(np.mean(same)) < 3 * np.std(same) / math.sqrt(len(same))
+    x = rng.normal(size=(40, 8))
+    shifts = [mmd(x, rng.normal(size=(40, 8)) + d)["mmd2"] for d in (0.5, 1.0, 2.0)]
+    assert shifts[0] < shifts[1] < shifts[2]
+
+
+@pytest.mark.parametrize("na,nb,f", [(10, 15, 64), (30, 20, 8), (5, 5, 200)])
+def test_fid_from_features_equals_covariance_form(na, nb, f):
+    rng = np.random.default_rng(na + nb + f)
+    a = rng.normal(size=(na, f))
+    b = rng.normal(size=(nb, f)) * 1.3 + 0.2
+    assert fid_from_features(a, b) == pytest.approx(fid(a, b), rel=1e-9)
+    assert abs(fid_from_features(a, a)) < 1e-9
+
+
+def test_fid_bootstrap_ci_is_seeded_and_brackets_estimate():
+    rng = np.random.default_rng(11)
+    a, b = rng.normal(size=(40, 6)), rng.normal(size=(40, 6)) + 0.5
+    lo, hi = fid_bootstrap_ci(a, b, n_bootstrap=200, seed=3)
+    assert (lo, hi) == fid_bootstrap_ci(a, b, n_bootstrap=200, seed=3)
+    assert lo < hi and lo < fid(a, b) < hi * 1.5
+    narrower = fid_bootstrap_ci(a, b, n_bootstrap=200, seed=3, level=0.5)
+    assert lo <= narrower[0] <= narrower[1] <= hi
+
+
+def test_ms_ssim_bootstrap_ci_resamples_volumes():
+    pairs = np.array([(i, j) for i in range(6) for j in range(i + 1, 6)])
+    const = ms_ssim_bootstrap_ci(np.full(len(pairs), 0.7), pairs, 6, n_bootstrap=50, seed=0)
+    assert const == pytest.approx((0.7, 0.7))
+    vals = np.random.default_rng(12).random(len(pairs))
+    lo, hi = ms_ssim_bootstrap_ci(vals, pairs, 6, n_bootstrap=500, seed=1)
+    assert lo < vals.mean() < hi and (lo, hi) == ms_ssim_bootstrap_ci(vals, pairs, 6,
+                                                                      n_bootstrap=500, seed=1)
+    with pytest.raises(ValueError, match="pairs must be"):
+        ms_ssim_bootstrap_ci(vals, pairs[:3], 6)

@@ -61,6 +61,7 @@ def test_end_to_end_16cubed_into_table1(tmp_path):
     wf_cfg = tmp_path / "config.yaml"
     wf_cfg.write_text(yaml.safe_dump({
         "datasets": {"phantom-brain": {"resolutions": [16], "n_train": 6, "n_test": 4}},
+        "models": ["wdm"],
         "model_configs": {"wdm": str(run_cfg)},
         "evaluation": {"n_samples": 4, "weights": None, "depth": 10},
         "threads": 1,
@@ -72,9 +73,17 @@ def test_end_to_end_16cubed_into_table1(tmp_path):
     assert "neither conda nor mamba" in out  # --use-conda fell back to the current environment
     with open(tmp_path / "results" / "table1.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 1
-    row = rows[0]
+    assert len(rows) == 2
+    ref, row = rows
+    assert (ref["dataset"], ref["resolution"], ref["model"]) == ("phantom-brain", "16", "reference")
     assert (row["dataset"], row["resolution"], row["model"]) == ("phantom-brain", "16", "wdm")
+    assert ref["n_real"] == "6" and ref["n_fake"] == "4"  # train split vs test split
+    for r in (ref, row):
+        assert float(r["fid_ci_low"]) <= float(r["fid_ci_high"])
+        assert float(r["ms_ssim_ci_low"]) <= float(r["ms_ssim_ci_high"]) <= 1
+        assert math.isfinite(float(r["mmd"])) and r["protocol"] == "wdm"
+    # real features are extracted once per (dataset, res, protocol) and shared
+    assert (tmp_path / "results" / "phantom-brain" / "16" / "real_features_wdm.npz").is_file()
     assert math.isfinite(float(row["fid"])) and float(row["fid"]) >= 0
     assert 0 < float(row["ms_ssim"]) <= 1
     assert "NOT MedicalNet" in row["feature_extractor"]

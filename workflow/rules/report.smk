@@ -1,8 +1,10 @@
 rule table1:
-    """The comparison table: one row per (dataset, resolution, model)."""
+    """The comparison table: one row per (dataset, resolution, model), plus the real-vs-real reference row."""
     input:
         metrics=lambda w: [
-            f"results/{d}/{r}/{m}/metrics.json" for d, r in all_cells() for m in active_models()
+            f"results/{d}/{r}/{m}/metrics.json"
+            for d, r in all_cells()
+            for m in ["reference", *active_models()]
         ],
         figures=lambda w: [f"results/figures/samples_{d}_{r}.png" for d, r in all_cells()],
     output:
