@@ -31,7 +31,7 @@ from wdm.diffusion import GaussianDiffusion
 from wdm.networks import build_network
 from wdm.samplers import get_sampler
 
-__all__ = ["BenchmarkModel", "WDMModel", "get_model_class"]
+__all__ = ["BenchmarkModel", "DiffusionModel", "WDMModel", "get_model_class"]
 
 
 class BenchmarkModel(Protocol):
@@ -48,39 +48,57 @@ class BenchmarkModel(Protocol):
     def generate(self, n: int, generator: torch.Generator, **sampling: Any) -> torch.Tensor: ...
 
 
-class WDMModel:
-    """WDM (Friedrich et al. 2024): x0-predicting Gaussian diffusion on scaled Haar coefficients.
+class DiffusionModel:
+    """x0-predicting Gaussian diffusion on a fixed representation of the volume (shared base).
+
+    The representation is given by three hooks a subclass may override: ``encode`` (voxels ->
+    diffusion state), ``decode`` (state -> voxels) and ``clip_x0`` (projection of a predicted
+    clean state onto the data range, applied when ``diffusion.wavelet_clip`` is on). The defaults
+    are the voxel-space identity with clamping to [-1, 1], i.e. a plain 3D DDPM.
 
     Args:
         cfg: resolved run config (``network``, ``diffusion`` sections used here).
-        volume_shape: (D, H, W) of the training volumes; each side even.
+        volume_shape: (D, H, W) of the training volumes.
+        state_shape: (C, d, h, w) of the diffusion state the network denoises.
     """
 
-    name = "wdm"
+    name = "diffusion"
 
-    def __init__(self, cfg: dict, volume_shape: Sequence[int]) -> None:
-        d, h, w = volume_shape
-        if d % 2 or h % 2 or w % 2:
-            raise ValueError(f"WDM needs even volume sides, got {tuple(volume_shape)}")
-        self.volume_shape = (d, h, w)
-        self.coeff_shape = (8, d // 2, h // 2, w // 2)
-        self.network = build_network(cfg["network"], in_channels=8, out_channels=8)
+    def __init__(self, cfg: dict, volume_shape: Sequence[int], state_shape: Sequence[int]) -> None:
+        self.volume_shape = tuple(int(s) for s in volume_shape)
+        self.state_shape = tuple(int(s) for s in state_shape)
+        channels = self.state_shape[0]
+        self.network = build_network(cfg["network"], in_channels=channels, out_channels=channels)
+        f = self.network.downsample_factor
+        if any(s % f for s in self.state_shape[1:]):
+            raise ValueError(f"the network needs every side of its input {self.state_shape[1:]} "
+                             f"(from volumes {self.volume_shape}) to be divisible by {f}")
         self.diffusion = GaussianDiffusion.from_config(cfg["diffusion"])
-        self.lll_scale = float(cfg["diffusion"]["lll_scale"])
         self.clip = bool(cfg["diffusion"]["wavelet_clip"])
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D, H, W) voxels in [-1, 1] -> (B, *state_shape) diffusion state (identity here)."""
+        return x
+
+    def decode(self, c: torch.Tensor) -> torch.Tensor:
+        """(B, *state_shape) diffusion state -> (B, 1, D, H, W) voxels (identity here)."""
+        return c
+
+    def clip_x0(self, c0: torch.Tensor) -> torch.Tensor:
+        """Project a predicted clean state onto the data range (voxels clamped to [-1, 1] here)."""
+        return c0.clamp(-1.0, 1.0)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"network": self.network}
 
     def loss(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """x0-prediction MSE over all wavelet coefficients. ``x``: (B, 1, D, H, W) in [-1, 1]."""
-        c0 = codec.encode(x, self.lll_scale)
-        return self.diffusion.training_loss(self.network, c0, generator)
+        """x0-prediction MSE on the encoded batch. ``x``: (B, 1, D, H, W) in [-1, 1]."""
+        return self.diffusion.training_loss(self.network, self.encode(x), generator)
 
     def denoise(self, c_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Predicted clean coefficients for (B, 8, d, h, w) noisy ones, wavelet-clipped if enabled."""
+        """Predicted clean state for a (B, *state_shape) noisy one, clipped if enabled."""
         c0 = self.network(c_t, t)
-        return codec.wavelet_clip(c0, self.lll_scale) if self.clip else c0
+        return self.clip_x0(c0) if self.clip else c0
 
     @torch.no_grad()
     def generate(
@@ -94,12 +112,43 @@ class WDMModel:
         device: torch.device | str = "cpu",
         progress: bool = False,
     ) -> torch.Tensor:
-        """Sample ``n`` volumes: (n, 1, D, H, W) voxels in [-1, 1] (inverse DWT at the boundary)."""
+        """Sample ``n`` volumes: (n, 1, D, H, W) voxels in [-1, 1] (decoded at the boundary)."""
         fn = get_sampler(sampler)
         kwargs: dict[str, Any] = {"eta": eta} if sampler == "ddim" else {}
-        c = fn(self.denoise, self.diffusion, (n, *self.coeff_shape), generator=generator,
+        c = fn(self.denoise, self.diffusion, (n, *self.state_shape), generator=generator,
                steps=steps, progress=progress, device=device, **kwargs)
-        return codec.decode(c, self.lll_scale).clamp(-1.0, 1.0)
+        return self.decode(c).clamp(-1.0, 1.0)
+
+
+class WDMModel(DiffusionModel):
+    """WDM (Friedrich et al. 2024): x0-predicting Gaussian diffusion on scaled Haar coefficients.
+
+    Args:
+        cfg: resolved run config (``network``, ``diffusion`` sections used here).
+        volume_shape: (D, H, W) of the training volumes; each side even.
+    """
+
+    name = "wdm"
+
+    def __init__(self, cfg: dict, volume_shape: Sequence[int]) -> None:
+        d, h, w = volume_shape
+        if d % 2 or h % 2 or w % 2:
+            raise ValueError(f"WDM needs even volume sides, got {tuple(volume_shape)}")
+        self.coeff_shape = (8, d // 2, h // 2, w // 2)
+        self.lll_scale = float(cfg["diffusion"]["lll_scale"])
+        super().__init__(cfg, (d, h, w), self.coeff_shape)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D, H, W) voxels -> (B, 8, D/2, H/2, W/2) Haar coefficients, LLL / lll_scale."""
+        return codec.encode(x, self.lll_scale)
+
+    def decode(self, c: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`encode`."""
+        return codec.decode(c, self.lll_scale)
+
+    def clip_x0(self, c0: torch.Tensor) -> torch.Tensor:
+        """Wavelet clipping: decode, clamp voxels to [-1, 1], encode again."""
+        return codec.wavelet_clip(c0, self.lll_scale)
 
 
 def get_model_class(name: str) -> type:

@@ -67,6 +67,7 @@ def sample(run_dir: str | os.PathLike, n: int, seed: int, out_dir: str | os.Path
         m.load_state_dict(ckpt["model"][name])
         m.to(dev).eval()
 
+    iterative = hasattr(model, "diffusion")
     out_dir.mkdir(parents=True, exist_ok=True)
     bs = scfg["batch_size"]
     n_batches = (n + bs - 1) // bs
@@ -92,8 +93,9 @@ def sample(run_dir: str | os.PathLike, n: int, seed: int, out_dir: str | os.Path
         "model": cfg["model"],
         "n": n,
         "seed": seed,
-        "sampler": scfg["sampler"],
-        "sampler_steps": scfg["steps"],
+        # Models without a diffusion process (GANs) make a volume in one forward pass.
+        "sampler": scfg["sampler"] if iterative else "one forward pass",
+        "sampler_steps": scfg["steps"] if iterative else 1,
         "batch_size": bs,
         "s_per_volume": (t_total / made) if made else None,
         "peak_memory_gb": peak_memory_gb(dev) if made else None,
@@ -110,6 +112,6 @@ def sample(run_dir: str | os.PathLike, n: int, seed: int, out_dir: str | os.Path
         log.info("%s: all %d volumes present; nothing to do", out_dir, n)
         return profile
     write_json_atomic(prev, profile)
-    log.info("sampled %d volumes (%s, %s steps): %.2f s/volume", n, scfg["sampler"],
-             scfg["steps"], profile["s_per_volume"] or float("nan"))
+    log.info("sampled %d volumes (%s, %s steps): %.2f s/volume", n, profile["sampler"],
+             profile["sampler_steps"], profile["s_per_volume"] or float("nan"))
     return profile

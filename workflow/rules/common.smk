@@ -10,6 +10,8 @@ def register_model(name, generic=True):
     """Add a model to the DAG. Generic models use the shared train/sample rules."""
     if name in MODELS:
         raise ValueError(f"model {name!r} registered twice")
+    if name == "reference":
+        raise ValueError("'reference' names the real-vs-real rows of table1; choose another name")
     MODELS.append(name)
     if generic:
         GENERIC_MODELS.append(name)

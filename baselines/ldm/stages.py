@@ -1,0 +1,264 @@
+"""The two training stages of the 3D latent diffusion baseline (Khader et al., Sci Rep 2023).
+
+* :class:`VQGANStage` (``ldm.stage: vqgan``): trains the VQ-GAN of :mod:`baselines.ldm.vqgan` with
+  ``l1_weight * L1 + perceptual_weight * P + commitment + disc_weight * hinge_G`` (the GAN terms from
+  ``disc_start`` on) and the 3D patch discriminator with the hinge loss. Adam, betas (0.5, 0.9).
+* :class:`LatentDiffusionStage` (``ldm.stage: diffusion``): freezes the stage-1 VQ-GAN (loaded from
+  ``ldm.vqgan_run`` with weights_only=True and stored in this run's checkpoints, so sampling needs
+  this run only), maps its pre-quantisation latents (B, code_dim, D/f, H/f, W/f) to [-1, 1] with
+  the codebook's range (as Khader et al.: ``(z - min e) / (max e - min e) * 2 - 1``; both numbers
+  are buffers of the ``codec`` module and logged), and trains the WDM U-Net
+  (:func:`wdm.networks.build_network`) with :class:`wdm.diffusion.GaussianDiffusion` (cosine
+  schedule, T = 300 in the default config) on them. Samples are decoded through the codebook.
+
+Deviation, stated: the diffusion objective is this suite's x0-prediction MSE (WDM's), not Khader
+et al.'s epsilon-prediction L1; their 2D slice discriminator is not built (3D patch-GAN only).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.ldm.losses import build_perceptual, hinge_d_loss, hinge_g_loss
+from baselines.ldm.vqgan import ARCH_KEYS, VQGAN, build_discriminator, build_vqgan, vqgan_settings
+from wdm.diffusion import GaussianDiffusion
+from wdm.io import InputError
+from wdm.networks import build_network
+from wdm.samplers import get_sampler
+
+__all__ = ["VQGANStage", "LatentDiffusionStage", "FrozenCodec", "load_vqgan_run"]
+
+log = logging.getLogger(__name__)
+
+_BETAS = (0.5, 0.9)
+
+
+class VQGANStage:
+    """Stage 1: the VQ-GAN and its 3D patch discriminator. ``cfg``: resolved run config."""
+
+    name = "ldm"
+
+    def __init__(self, cfg: dict, volume_shape: Sequence[int]) -> None:
+        self.settings = s = vqgan_settings(cfg["ldm"]["vqgan"])
+        self.volume_shape = tuple(volume_shape)
+        self.vqgan = build_vqgan(s)
+        self.latent_shape = self.vqgan.latent_shape(self.volume_shape)
+        self.disc = build_discriminator(s)
+        self.disc.check_input(self.volume_shape)
+        self.perceptual, self.perceptual_label = build_perceptual(s["perceptual_weights"],
+                                                                  s["perceptual_depth"])
+        log.info("ldm stage 1 (VQ-GAN): latents %s, %d codes; perceptual loss %s",
+                 self.latent_shape, s["n_codes"], self.perceptual_label)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"vqgan": self.vqgan, "disc": self.disc}
+
+    def run_info(self) -> dict[str, Any]:
+        """Facts recorded in ``train_profile.json`` (``model_info``)."""
+        return {"stage": "vqgan", "latent_shape": list(self.latent_shape),
+                "perceptual": self.perceptual_label, "vqgan": self.settings}
+
+    def configure_optimizers(self, training_cfg: dict) -> dict[str, torch.optim.Optimizer]:
+        s = self.settings
+        return {"vqgan": torch.optim.Adam(self.vqgan.parameters(), lr=s["lr"], betas=_BETAS),
+                "disc": torch.optim.Adam(self.disc.parameters(), lr=s["disc_lr"], betas=_BETAS)}
+
+    def training_step(self, x: torch.Tensor, generator: torch.Generator,
+                      optimizers: dict[str, torch.optim.Optimizer], step: int) -> dict[str, torch.Tensor]:
+        """One VQ-GAN update and (from ``disc_start`` on) one discriminator update.
+
+        ``x``: (B, 1, D, H, W) in [-1, 1]; ``step``: 0-based. Returns the loss terms (``loss`` first).
+        """
+        s = self.settings
+        gan_on = step >= s["disc_start"]
+        x_rec, info = self.vqgan(x, generator)
+        rec = F.l1_loss(x_rec, x)
+        loss = s["l1_weight"] * rec + info["commitment"]
+        if self.perceptual is not None:
+            self.perceptual.to(x.device)
+            perc = self.perceptual(x_rec, x)
+            loss = loss + s["perceptual_weight"] * perc
+        else:
+            perc = x.new_zeros(())
+        if gan_on:
+            g_adv = hinge_g_loss(self.disc(x_rec))
+            loss = loss + s["disc_weight"] * g_adv
+        else:
+            g_adv = x.new_zeros(())
+        optimizers["vqgan"].zero_grad(set_to_none=True)
+        optimizers["disc"].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers["vqgan"].step()
+        if gan_on:
+            optimizers["disc"].zero_grad(set_to_none=True)
+            d_loss = hinge_d_loss(self.disc(x), self.disc(x_rec.detach()))
+            d_loss.backward()
+            optimizers["disc"].step()
+        else:
+            d_loss = x.new_zeros(())
+        return {"loss": loss.detach(), "rec_l1": rec.detach(), "commitment": info["commitment"].detach(),
+                "perceptual": perc.detach(), "g_adv": g_adv.detach(), "d_loss": d_loss.detach(),
+                "perplexity": info["perplexity"], "restarted": info["restarted"],
+                "perceptual_on": torch.tensor(float(self.perceptual is not None))}
+
+    def loss(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Reconstruction objective without updates of the discriminator (for inspection)."""
+        x_rec, info = self.vqgan(x, generator)
+        return self.settings["l1_weight"] * F.l1_loss(x_rec, x) + info["commitment"]
+
+    def generate(self, n: int, generator: torch.Generator, **sampling: Any) -> torch.Tensor:
+        raise InputError("this is an ldm stage-1 (VQ-GAN) run, which generates nothing; sample the "
+                         "stage-2 run (ldm.stage: diffusion) trained on it")
+
+
+class FrozenCodec(nn.Module):
+    """The frozen stage-1 VQ-GAN plus the latent normalisation (buffers ``lo``, ``hi``, ``ready``).
+
+    ``normalize``: (B, C, d, h, w) latents -> [-1, 1] via the codebook range; ``denormalize`` inverts
+    it. Always in eval mode (the codebook must not move); no parameter requires gradients.
+    """
+
+    def __init__(self, vqgan: VQGAN) -> None:
+        super().__init__()
+        self.vqgan = vqgan
+        for p in self.vqgan.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("lo", torch.tensor(-1.0))
+        self.register_buffer("hi", torch.tensor(1.0))
+        self.register_buffer("ready", torch.zeros((), dtype=torch.bool))
+        self.train(False)
+
+    def train(self, mode: bool = True) -> FrozenCodec:
+        return super().train(False)
+
+    def set_range(self) -> None:
+        """Record the codebook's value range as the latent normalisation."""
+        emb = self.vqgan.quantizer.embeddings
+        self.lo.copy_(emb.min())
+        self.hi.copy_(emb.max())
+        if not float(self.hi - self.lo) > 0:
+            raise InputError("the stage-1 codebook is constant; the VQ-GAN run is not usable")
+        self.ready.fill_(True)
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.lo) / (self.hi - self.lo) * 2.0 - 1.0
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z + 1.0) / 2.0 * (self.hi - self.lo) + self.lo
+
+
+def load_vqgan_run(run_dir: str | Path, settings: dict, volume_shape: Sequence[int]) -> dict:
+    """The stage-1 VQ-GAN state dict of the latest checkpoint in ``run_dir`` (weights_only=True).
+
+    Raises :class:`InputError` if the run is missing, is not an ldm stage-1 run, was trained on other
+    volume shapes or with a different VQ-GAN architecture than ``settings``.
+    """
+    from wdm.train import latest_checkpoint, load_checkpoint  # wdm.train imports wdm.model
+
+    run_dir = Path(run_dir)
+    ckpt_path = latest_checkpoint(run_dir)
+    if ckpt_path is None:
+        raise InputError(f"ldm.vqgan_run: {run_dir} holds no checkpoint; train stage 1 first "
+                         "(ldm.stage: vqgan)")
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = ckpt["config"]
+    if cfg.get("model") != "ldm" or cfg.get("ldm", {}).get("stage") != "vqgan":
+        raise InputError(f"{ckpt_path}: not an ldm stage-1 run (model={cfg.get('model')!r}, "
+                         f"ldm.stage={cfg.get('ldm', {}).get('stage')!r})")
+    if tuple(ckpt["data"]["shape"]) != tuple(volume_shape):
+        raise InputError(f"{ckpt_path}: VQ-GAN trained on volumes {tuple(ckpt['data']['shape'])}, "
+                         f"this run's data are {tuple(volume_shape)}")
+    theirs = vqgan_settings(cfg["ldm"]["vqgan"])
+    diff = {k: (theirs.get(k), settings.get(k)) for k in ARCH_KEYS if theirs.get(k) != settings.get(k)}
+    if diff:
+        raise InputError(f"{ckpt_path}: ldm.vqgan differs from this config in {diff} "
+                         "(stage-1 value, this value); use the same ldm.vqgan section for both stages")
+    if not (run_dir / "train_profile.json").exists():
+        log.warning("%s: stage-1 run has not finished; using its latest checkpoint %s",
+                    run_dir, ckpt_path.name)
+    log.info("ldm stage 2: frozen VQ-GAN from %s (step %d)", ckpt_path, ckpt["step"])
+    return ckpt["model"]["vqgan"]
+
+
+class LatentDiffusionStage:
+    """Stage 2: diffusion U-Net on normalised VQ-GAN latents. ``cfg``: resolved run config."""
+
+    name = "ldm"
+
+    def __init__(self, cfg: dict, volume_shape: Sequence[int]) -> None:
+        lcfg = cfg["ldm"]
+        self.settings = vqgan_settings(lcfg["vqgan"])
+        self.quantize = bool(lcfg["quantize_samples"])
+        self.codec = FrozenCodec(build_vqgan(self.settings))
+        self.latent_shape = self.codec.vqgan.latent_shape(volume_shape)
+        c = self.latent_shape[0]
+        self.network = build_network(cfg["network"], in_channels=c, out_channels=c)
+        f = self.network.downsample_factor
+        if any(s % f for s in self.latent_shape[1:]):
+            raise InputError(f"network: preset {cfg['network'].get('preset')!r} halves the latent "
+                             f"grid {self.latent_shape[1:]} {f.bit_length() - 1} times; each side "
+                             f"must be divisible by {f}: use fewer channel_mult levels")
+        self.diffusion = GaussianDiffusion.from_config(cfg["diffusion"])
+        self.vqgan_run = lcfg["vqgan_run"]
+        if self.vqgan_run and Path(self.vqgan_run).is_dir():
+            sd = load_vqgan_run(self.vqgan_run, self.settings, volume_shape)
+            self.codec.vqgan.load_state_dict(sd)
+            self.codec.set_range()
+            log.info("ldm stage 2: latents %s normalised with codebook range [%.4g, %.4g]",
+                     self.latent_shape, float(self.codec.lo), float(self.codec.hi))
+        elif self.vqgan_run:
+            log.info("ldm.vqgan_run %s not found: the VQ-GAN must come from this run's checkpoint",
+                     self.vqgan_run)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"network": self.network, "codec": self.codec}
+
+    def run_info(self) -> dict[str, Any]:
+        """Facts recorded in ``train_profile.json`` (``model_info``)."""
+        return {"stage": "diffusion", "vqgan_run": self.vqgan_run,
+                "latent_shape": list(self.latent_shape),
+                "latent_range": [float(self.codec.lo), float(self.codec.hi)],
+                "n_trainable_parameters": sum(p.numel() for p in self.network.parameters())}
+
+    def configure_optimizers(self, training_cfg: dict) -> dict[str, torch.optim.Optimizer]:
+        """AdamW on the U-Net only (the VQ-GAN is frozen)."""
+        return {"main": torch.optim.AdamW(self.network.parameters(), lr=training_cfg["lr"],
+                                          weight_decay=training_cfg["weight_decay"])}
+
+    def _check_ready(self) -> None:
+        if not bool(self.codec.ready):
+            raise InputError(f"ldm stage 2 has no VQ-GAN: ldm.vqgan_run={self.vqgan_run!r} is not a "
+                             "stage-1 run folder and no stage-2 checkpoint was loaded")
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D, H, W) in [-1, 1] -> normalised latents (B, C, D/f, H/f, W/f)."""
+        self._check_ready()
+        return self.codec.normalize(self.codec.vqgan.encode(x))
+
+    def loss(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """x0-prediction MSE on the normalised latents of ``x`` (B, 1, D, H, W)."""
+        return self.diffusion.training_loss(self.network, self.encode(x), generator)
+
+    @torch.no_grad()
+    def generate(self, n: int, generator: torch.Generator, *, sampler: str = "ddim",
+                 steps: int | None = None, eta: float = 0.0, device: torch.device | str = "cpu",
+                 progress: bool = False) -> torch.Tensor:
+        """Sample ``n`` latents and decode them: (n, 1, D, H, W) voxels in [-1, 1]."""
+        self._check_ready()
+        fn = get_sampler(sampler)
+        kwargs: dict[str, Any] = {"eta": eta} if sampler == "ddim" else {}
+
+        def denoise(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.network(z_t, t).clamp(-1.0, 1.0)
+
+        z = fn(denoise, self.diffusion, (n, *self.latent_shape), generator=generator, steps=steps,
+               progress=progress, device=device, **kwargs)
+        return self.codec.vqgan.decode(self.codec.denormalize(z), quantize=self.quantize).clamp(-1.0, 1.0)
