@@ -212,6 +212,9 @@ def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir
         log.warning("%s: --resume given but no checkpoint found; starting from scratch", run_dir)
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (run_dir / "checkpoints").glob(".step_*"):  # a job killed while saving
+        log.warning("removing the partial checkpoint %s left by an interrupted run", stale)
+        stale.unlink(missing_ok=True)
     write_text_atomic(run_dir / "config.yaml", dump_yaml(cfg))
     loss_path = run_dir / "loss.csv"
     _truncate_loss_log(loss_path, step)
@@ -284,6 +287,8 @@ def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir
         "code_version": code_version(),
         "data": {k: v for k, v in data_info.items() if k != "affine"},
     }
+    if hasattr(model, "run_info"):  # optional: facts a model records about its run (JSON-able)
+        profile["model_info"] = model.run_info()
     if step >= total:
         write_json_atomic(run_dir / "train_profile.json", profile)
     log.info("trained %s to step %d/%d: %.3f s/it, peak %.2f GB", cfg["model"], step, total,
