@@ -111,10 +111,11 @@ def _cmd_figure(a: argparse.Namespace) -> None:
 
 
 def _set_threads(n: int | None) -> None:
+    """torch CPU threads: ``n`` capped at the machine's cores (more only oversubscribes them)."""
     if n:
         import torch
 
-        torch.set_num_threads(n)
+        torch.set_num_threads(max(1, min(n, os.cpu_count() or n)))
 
 
 def build_parser() -> argparse.ArgumentParser:
