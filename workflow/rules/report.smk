@@ -49,3 +49,29 @@ rule sample_figure:
     shell:
         "wdm-bench figure --real {params.real:q} --fake {params.fake:q} --out {output:q} "
         "--title {params.title:q} > {log:q} 2>&1"
+
+
+rule readme_results:
+    """Copy the table and sample figures the README cites into results/readme/ (kept in git).
+
+    results/table1.csv itself is not committed: a committed copy would make Snakemake think the
+    table is up to date on a fresh clone and skip the whole run.
+    """
+    input:
+        table="results/table1.csv",
+        figures=[f"results/figures/samples_{d}_{r}.png" for d, r in all_cells()],
+    output:
+        table="results/readme/table1.csv",
+        figures=[f"results/readme/figures/samples_{d}_{r}.png" for d, r in all_cells()],
+    log:
+        "logs/readme_results.log",
+    benchmark:
+        "benchmarks/readme_results.tsv"
+    conda:
+        "../envs/wdm.yaml"
+    resources:
+        mem_mb=100,
+        runtime=5,
+    shell:
+        "(cp {input.table:q} {output.table:q} && cp {input.figures:q} "
+        "results/readme/figures/) > {log:q} 2>&1"
