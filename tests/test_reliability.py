@@ -141,3 +141,35 @@ def test_rerun_after_failure_redoes_only_what_is_needed(tmp_path):
            if line.strip().startswith(("rule ", "localrule "))}
     assert "evaluate" in ran and "table1" in ran
     assert not ran & {"prepare_data", "train", "sample"}, ran
+
+
+def test_killed_sampling_resumes_with_only_missing_volumes(phantom16, tmp_path):
+    cfg = dict(TINY_RUN)
+    cfg["sampling"] = dict(TINY_RUN["sampling"], steps=30, batch_size=1)
+    run = tmp_path / "run"
+    train(cfg, phantom16, run, progress=False)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    subprocess.run(_cli("sample", "--run", str(run), "--n", "6", "--seed", "5", "--out", str(ref),
+                        "--threads", "1", "--no-progress"), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(_cli("sample", "--run", str(run), "--n", "6", "--seed", "5", "--out",
+                                 str(out), "--threads", "1", "--no-progress"),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("sample_*.nii.gz"))) < 2:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = {p.name: p.stat().st_mtime_ns for p in out.glob("sample_*.nii.gz")}
+    assert 2 <= len(done) < 6, f"kill came too late: {sorted(done)}"
+    assert not (out / "sample_profile.json").exists()
+    subprocess.run(_cli("sample", "--run", str(run), "--n", "6", "--seed", "5", "--out", str(out),
+                        "--threads", "1", "--no-progress"), check=True, env=env, capture_output=True)
+    for name, mtime in done.items():
+        assert (out / name).stat().st_mtime_ns == mtime, f"{name} was written again"
+    from wdm.io import load_nifti
+
+    for i in range(6):
+        name = f"sample_{i:04d}.nii.gz"
+        assert (load_nifti(out / name)[0] == load_nifti(ref / name)[0]).all(), name
+    assert not list(out.glob(".*")), "a temporary file was left behind"

@@ -69,6 +69,9 @@ def sample(run_dir: str | os.PathLike, n: int, seed: int, out_dir: str | os.Path
 
     iterative = hasattr(model, "diffusion")
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".sample_*"):  # left by a job killed while writing
+        log.warning("removing the partial file %s left by an interrupted run", stale)
+        stale.unlink(missing_ok=True)
     bs = scfg["batch_size"]
     n_batches = (n + bs - 1) // bs
     reset_peak_memory(dev)
