@@ -58,7 +58,8 @@ def sample_grid(sources: Mapping[str, str | os.PathLike | Sequence[np.ndarray]],
             r += 1
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    # leave room for the title above the plane labels
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if title else None)
     out = Path(out)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
