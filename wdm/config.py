@@ -87,28 +87,25 @@ def validate(instance: dict, *, definition: str | None = None, source: str = "co
     return inst
 
 
-def load_run_config(path: str | os.PathLike) -> dict:
-    """Read a model run config (YAML) and return it validated with every default filled in."""
+def _read_yaml(path: str | os.PathLike) -> object:
+    """Parse a YAML file; a missing file or bad YAML is an :class:`InputError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML ({exc})") from exc
-    return resolve_run_config(raw, source=str(path))
+
+
+def load_run_config(path: str | os.PathLike) -> dict:
+    """Read a model run config (YAML) and return it validated with every default filled in."""
+    return resolve_run_config(_read_yaml(path), source=str(path))
 
 
 def load_workflow_config(path: str | os.PathLike) -> dict:
     """Read the workflow config (config/config.yaml) and return it validated with defaults."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({exc})") from exc
-    return validate(raw, source=str(path))
+    return validate(_read_yaml(path), source=str(path))
 
 
 def resolve_run_config(raw: dict, source: str = "config") -> dict:
