@@ -12,7 +12,7 @@ state gives the same sample. ``steps`` < T runs on an evenly spaced sub-chain of
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -38,6 +38,14 @@ def _randn(shape: Sequence[int], generator: torch.Generator, like_device: torch.
                        dtype=dtype).to(like_device)
 
 
+def _chain(ts: list[int], batch: int, device: torch.device | str, desc: str,
+           progress: bool) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Walk the timestep chain: (t, next timestep s or -1 at the end, (batch,) tensor of t)."""
+    for i, t in enumerate(tqdm(ts, desc=desc, disable=not progress, leave=False)):
+        s = ts[i + 1] if i + 1 < len(ts) else -1
+        yield t, s, torch.full((batch,), t, dtype=torch.long, device=device)
+
+
 def ddpm(
     denoise: Denoiser,
     diffusion: GaussianDiffusion,
@@ -58,9 +66,7 @@ def ddpm(
     ts = timestep_sequence(diffusion.num_timesteps, steps or diffusion.num_timesteps)
     x = _randn(shape, generator, device, dtype)
     x0 = x
-    for i, t in enumerate(tqdm(ts, desc="DDPM", disable=not progress, leave=False)):
-        s = ts[i + 1] if i + 1 < len(ts) else -1
-        tt = torch.full((shape[0],), t, dtype=torch.long, device=device)
+    for t, s, tt in _chain(ts, shape[0], device, "DDPM", progress):
         x0 = denoise(x, tt)
         if s < 0:
             break
@@ -90,9 +96,7 @@ def ddim(
     ts = timestep_sequence(diffusion.num_timesteps, steps or 100)
     x = _randn(shape, generator, device, dtype)
     x0 = x
-    for i, t in enumerate(tqdm(ts, desc="DDIM", disable=not progress, leave=False)):
-        s = ts[i + 1] if i + 1 < len(ts) else -1
-        tt = torch.full((shape[0],), t, dtype=torch.long, device=device)
+    for t, s, tt in _chain(ts, shape[0], device, "DDIM", progress):
         x0 = denoise(x, tt)
         if s < 0:
             break

@@ -327,7 +327,5 @@ def _truncate_loss_log(path: Path, step: int) -> None:
     if not rows:
         return
     kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
-    if step == 0:
-        kept = [rows[0]]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(kept)
