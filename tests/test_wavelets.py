@@ -87,3 +87,58 @@ def test_codec_lll_scale_and_clipping():
     clipped = codec.decode(codec.wavelet_clip(codec.encode(y)))
     assert torch.allclose(clipped, y.clamp(-1, 1), atol=1e-6)
     assert codec.LLL_SCALE == 3.0
+
+
+@pytest.mark.parametrize("chunk_bytes", [10_000, 2_500, 1_000, 200])
+def test_chunked_cpu_path_matches_single_shot(monkeypatch, chunk_bytes):
+    # Volumes of 4608 bytes (float64, 8x12x6): chunk sizes force grouped volumes (10 000), block
+    # rows (2 500), block-column pieces of one row (1 000) and one block column per step (200).
+    from wdm import wavelets
+
+    x = torch.randn(3, 2, 8, 12, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ref = dwt3d(x)  # whole tensor (27.6 KB) is below the default chunk: the single-shot path
+    monkeypatch.setattr(wavelets, "CHUNK_BYTES", chunk_bytes)
+    assert len(wavelets._plan(6, 4, 6, 3, 8)) > 1
+    c = dwt3d(x)
+    assert c.shape == ref.shape and c.is_contiguous()
+    assert (c - ref).abs().max().item() < 1e-12
+    assert (idwt3d(c) - x).abs().max().item() < 1e-12
+    assert (idwt3d(ref) - wavelets._idwt_impl(ref)).abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 600, 200, 100])
+def test_gradients_are_the_adjoint_and_twice_differentiable(monkeypatch, chunk_bytes):
+    from wdm import wavelets
+
+    if chunk_bytes is not None:
+        monkeypatch.setattr(wavelets, "CHUNK_BYTES", chunk_bytes)
+    # 256-byte volumes: None = single shot; 600 = two volumes per step; 200 = block rows; 100 = pieces.
+    x = torch.randn(3, 1, 4, 2, 4, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(3, 8, 2, 1, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(dwt3d, (x,))
+    assert torch.autograd.gradcheck(idwt3d, (c,))
+    assert torch.autograd.gradgradcheck(dwt3d, (x,))
+    assert torch.autograd.gradgradcheck(idwt3d, (c,))
+
+
+def test_dtypes_and_non_contiguous_input():
+    x = torch.randn(1, 1, 6, 4, 8, dtype=torch.float64)
+    assert dwt3d(x).dtype == torch.float64
+    assert dwt3d(torch.ones(1, 1, 2, 2, 2, dtype=torch.int64))[0, 0, 0, 0, 0].item() == pytest.approx(
+        2 * math.sqrt(2))
+    xt = x.transpose(2, 4)  # (1, 1, 8, 4, 6), not contiguous
+    assert torch.equal(dwt3d(xt), dwt3d(xt.contiguous()))
+
+
+def test_inference_mode_then_autograd():
+    # The cached Haar matrix may first be built under inference_mode (sampling); training after
+    # that in the same process must still differentiate through it.
+    from wdm import wavelets
+
+    wavelets._haar_matrix.cache_clear()
+    with torch.inference_mode():
+        c = dwt3d(torch.randn(1, 1, 4, 4, 4, dtype=torch.float64))
+        assert idwt3d(c).shape == (1, 1, 4, 4, 4)
+    x = torch.randn(1, 1, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    (idwt3d(dwt3d(x) * 2.0) ** 2).sum().backward()
+    assert torch.allclose(x.grad, 8 * x.detach())
