@@ -14,7 +14,9 @@ with the same protocol, extractor and weights.
 
 Volumes are read as NIfTI in [0, 1]; every number is stored with the protocol and the feature
 extractor that produced it, so an FID from an untrained network is never mistaken for a MedicalNet
-FID.
+FID. If the generated folder's ``sample_profile.json`` says training or sampling ran out of memory
+(``"status": "oom"``, see :mod:`wdm.oom`), :func:`evaluate` returns ``"status": "oom"``, that
+error and null metrics without reading any volume.
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ from wdm.io import (
     sha256_file,
     write_json_atomic,
 )
+from wdm.oom import STATUS_OK, STATUS_OOM, read_status
 
-__all__ = ["PROTOCOLS", "evaluate", "write_metrics", "real_statistics", "save_real_stats",
+__all__ = ["PROTOCOLS", "MEASURED_KEYS", "evaluate", "write_metrics", "real_statistics", "save_real_stats",
            "load_real_stats"]
 
 logger = logging.getLogger(__name__)
@@ -66,6 +69,14 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 
 #: tolerance on the [0, 1] range check of input volumes.
 RANGE_TOL = 1e-3
+
+#: result fields that hold measured numbers (and what they were measured on): null when out of memory.
+MEASURED_KEYS: tuple[str, ...] = (
+    "fid", "fid_ci_low", "fid_ci_high", "mmd", "mmd_bandwidth", "ms_ssim", "ms_ssim_ci_low",
+    "ms_ssim_ci_high", "ms_ssim_std", "ms_ssim_se", "ms_ssim_pairs", "ms_ssim_pairs_total",
+    "ms_ssim_scales", "n_real", "n_fake", "feature_extractor", "feature_dim", "weights_sha256",
+    "shape",
+)
 
 
 def _select(folder: str | os.PathLike, n: int | None, what: str) -> list[Path]:
@@ -221,10 +232,26 @@ def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike, *,
     ``max_pairs`` limits MS-SSIM to a random subset of pairs drawn with ``seed`` (its standard
     error is reported). Percentile bootstrap intervals (``n_bootstrap`` resamples, level
     ``ci_level``, seeded with ``seed``) for FID and mean MS-SSIM; ``n_bootstrap=0`` skips them.
-    Returns a JSON-ready dict (see the keys at the end of this function).
+    Returns a JSON-ready dict (see the keys at the end of this function), with ``"status": "ok"``;
+    or, when ``FAKE/sample_profile.json`` has ``"status": "oom"``, the same keys with
+    :data:`MEASURED_KEYS` null, ``"status": "oom"``, ``"error"`` and ``"failed_stage"`` (from the
+    profile), and nothing read or extracted.
     """
     if real_dir is None and real_stats is None:
         raise InputError("give real_dir or real_stats")
+    if protocol not in PROTOCOLS:
+        raise InputError(f"unknown protocol {protocol!r}; allowed: {sorted(PROTOCOLS)}")
+    sample_status, sample_prof = read_status(Path(fake_dir) / "sample_profile.json")
+    if sample_status == STATUS_OOM:
+        logger.warning("%s: not evaluated, %s", fake_dir, sample_prof.get("error"))
+        return {
+            "status": STATUS_OOM,
+            "error": sample_prof.get("error") or "out of memory (no details recorded)",
+            "failed_stage": sample_prof.get("failed_stage") or "sample",
+            **dict.fromkeys(MEASURED_KEYS),
+            **_provenance(protocol, seed, kernel_size, n_bootstrap, ci_level, real_stats, fake_dir,
+                          sample_prof.get("seed"), real_dir=str(real_dir) if real_dir else None),
+        }
     ext = _Extractor(weights, depth, protocol, seed)
     fake_files = _select(fake_dir, n_fake, "fake")
     if len(fake_files) < 2:
@@ -270,6 +297,7 @@ def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike, *,
                 fid_value, ci["fid_ci_low"], ci["fid_ci_high"], ext.label, protocol,
                 mmd_res["mmd2"], div["mean"], div["n_pairs"])
     return {
+        "status": STATUS_OK,
         "fid": fid_value,
         **{k: v for k, v in ci.items() if k.startswith("fid")},
         "mmd": mmd_res["mmd2"],
@@ -281,21 +309,31 @@ def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike, *,
         "ms_ssim_pairs": div["n_pairs"],
         "ms_ssim_pairs_total": div["n_pairs_total"],
         "ms_ssim_scales": div["scales"],
-        "ms_ssim_kernel": kernel_size,
-        "ci_level": ci_level,
-        "n_bootstrap": n_bootstrap,
         "n_real": int(real_meta["n_real"]),
         "n_fake": len(fake_files),
         "feature_extractor": ext.label,
         "feature_dim": int(feats_real.shape[1]),
         "weights_sha256": ext.weights_sha256,
+        "shape": list(shape),
+        **_provenance(protocol, seed, kernel_size, n_bootstrap, ci_level, real_stats, fake_dir,
+                      _sample_seed(fake_dir), real_dir=real_meta.get("real_dir")),
+    }
+
+
+def _provenance(protocol: str, seed: int, kernel_size: int, n_bootstrap: int, ci_level: float,
+                real_stats: str | os.PathLike | None, fake_dir: str | os.PathLike,
+                sampling_seed: int | None, real_dir: str | None) -> dict[str, Any]:
+    """The settings and sources of an evaluation, recorded whether or not it measured anything."""
+    return {
+        "ms_ssim_kernel": kernel_size,
+        "ci_level": ci_level,
+        "n_bootstrap": n_bootstrap,
         "protocol": protocol,
-        "input_range": list(ext.input_range),
+        "input_range": list(PROTOCOLS[protocol]["input_range"]),
         "seed": seed,
         "seeds": {"evaluation": seed, "extractor_init": seed, "pair_subset": seed,
-                  "bootstrap": seed, "sampling": _sample_seed(fake_dir)},
-        "shape": list(shape),
-        "real_dir": real_meta.get("real_dir"),
+                  "bootstrap": seed, "sampling": sampling_seed},
+        "real_dir": real_dir,
         "real_stats": str(real_stats) if real_stats is not None else None,
         "fake_dir": str(fake_dir),
         "code_version": code_version(),

@@ -2,7 +2,8 @@
 
 ``sample_grid`` draws, for each source (real first, then each model), ``n`` volumes as rows of
 three panels (axial, coronal, sagittal mid-slices), all on one [0, 1] grey scale so intensities
-compare across models.
+compare across models. A model folder whose ``sample_profile.json`` says it ran out of memory
+(:mod:`wdm.oom`) gets one row that says so instead of slices.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from wdm.io import atomic_path, list_volumes, load_nifti
+from wdm.oom import STATUS_OOM, read_status
 
 __all__ = ["mid_slices", "sample_grid"]
 
@@ -35,16 +37,29 @@ def sample_grid(sources: Mapping[str, str | os.PathLike | Sequence[np.ndarray]],
     import matplotlib.pyplot as plt
 
     blocks: list[tuple[str, list[np.ndarray]]] = []
+    oom: dict[str, str] = {}  # label -> error of a source that ran out of memory
     for label, src in sources.items():
         if isinstance(src, (str, os.PathLike)):
-            vols = [load_nifti(p)[0] for p in list_volumes(src)[:n]]
+            status, prof = read_status(Path(src) / "sample_profile.json")
+            if status == STATUS_OOM:
+                oom[label] = prof.get("error") or "out of memory"
+                vols = []
+            else:
+                vols = [load_nifti(p)[0] for p in list_volumes(src)[:n]]
         else:
             vols = [np.asarray(v) for v in list(src)[:n]]
         blocks.append((label, vols))
-    rows = sum(len(v) for _, v in blocks)
+    rows = sum(len(v) or (label in oom) for label, v in blocks)
     fig, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows), squeeze=False)
     r = 0
     for label, vols in blocks:
+        if label in oom and not vols:
+            for c in range(3):
+                axes[r, c].axis("off")
+            axes[r, 1].text(0.5, 0.5, f"{label}: out of memory (OOM)", ha="center", va="center",
+                            fontsize=9, transform=axes[r, 1].transAxes)
+            r += 1
+            continue
         for k, vol in enumerate(vols):
             for c, sl in enumerate(mid_slices(vol)):
                 ax = axes[r, c]

@@ -6,20 +6,28 @@ For ``results/{dataset}/{res}/{model}/metrics.json`` the row also reads the sibl
 (``fid_ci_low``/``fid_ci_high``), MMD², mean pairwise MS-SSIM with its interval and, for a random
 subset of pairs, its standard error, the protocol and the weights' SHA-256. The real-vs-real
 reference row (model :data:`REFERENCE_MODEL`) comes first in each (dataset, resolution).
+
+A model whose training or sampling ran out of memory (``"status": "oom"`` in its files, see
+:mod:`wdm.oom`) keeps its row: ``status`` is ``oom``, the metric cells read :data:`OOM`, and so do
+the profile cells of the stage that failed (``train_*`` or ``sample_*``); the cells of a stage that
+never ran are empty. Read the CSV with ``pandas.read_csv(path, na_values=["OOM"])`` for numbers.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
-from wdm.io import InputError
+from wdm.io import InputError, atomic_path
+from wdm.oom import STATUS_OK, STATUS_OOM, read_status
 
-__all__ = ["COLUMNS", "REFERENCE_MODEL", "table_row", "build_table"]
+__all__ = ["COLUMNS", "REFERENCE_MODEL", "OOM", "table_row", "build_table", "write_table"]
+
+#: what the cells of a model that ran out of memory read, in place of numbers.
+OOM = "OOM"
 
 #: model name of the real-vs-real row (``results/{dataset}/{res}/reference/metrics.json``): FID of
 #: the training split's features against the test split's, MS-SSIM among test volumes.
@@ -29,6 +37,7 @@ COLUMNS: tuple[str, ...] = (
     "dataset",
     "resolution",
     "model",
+    "status",
     "fid",
     "fid_ci_low",
     "fid_ci_high",
@@ -55,16 +64,15 @@ COLUMNS: tuple[str, ...] = (
     "code_version",
 )
 
-
-def _read_json(path: Path, required: bool = True) -> dict:
-    if not path.is_file():
-        if required:
-            raise InputError(f"{path}: file not found")
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from exc
+#: cells that read OOM in the row of a model that ran out of memory at any stage.
+METRIC_COLUMNS: tuple[str, ...] = ("fid", "fid_ci_low", "fid_ci_high", "mmd", "ms_ssim",
+                                   "ms_ssim_ci_low", "ms_ssim_ci_high", "ms_ssim_se",
+                                   "ms_ssim_pairs", "ms_ssim_scales")
+#: stage -> its profile cells, which read OOM when that stage ran out of memory.
+STAGE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "train": ("train_s_per_iteration", "train_peak_memory_gb"),
+    "sample": ("sample_s_per_volume", "sample_peak_memory_gb"),
+}
 
 
 def table_row(metrics_file: str | os.PathLike) -> dict:
@@ -74,16 +82,23 @@ def table_row(metrics_file: str | os.PathLike) -> dict:
     if len(parts) < 4:
         raise InputError(f"{path}: expected a path like results/DATASET/RES/MODEL/metrics.json")
     dataset, res, model = parts[-4], parts[-3], parts[-2]
-    m = _read_json(path)
-    tp = _read_json(path.parent / "run" / "train_profile.json", required=False)
-    sp = _read_json(path.parent / "samples" / "sample_profile.json", required=False)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    m_status, m = read_status(path)
+    tp_status, tp = read_status(path.parent / "run" / "train_profile.json")
+    sp_status, sp = read_status(path.parent / "samples" / "sample_profile.json")
+    failed: set[str] = set()  # stages that ran out of memory
+    if tp_status == STATUS_OOM:
+        failed.add("train")
+    for status, content in ((sp_status, sp), (m_status, m)):
+        if status == STATUS_OOM:
+            failed.add(content.get("failed_stage") or "sample")
     row = {
         "dataset": dataset,
         "resolution": int(res) if res.isdigit() else res,
         "model": model,
-        **{k: m.get(k) for k in ("fid", "fid_ci_low", "fid_ci_high", "mmd", "ms_ssim",
-                                 "ms_ssim_ci_low", "ms_ssim_ci_high", "ms_ssim_se",
-                                 "ms_ssim_pairs", "ms_ssim_scales")},
+        "status": STATUS_OOM if failed else STATUS_OK,
+        **{k: m.get(k) for k in METRIC_COLUMNS},
         "n_real": m.get("n_real"),
         "n_fake": m.get("n_fake"),
         "feature_extractor": m.get("feature_extractor"),
@@ -99,6 +114,10 @@ def table_row(metrics_file: str | os.PathLike) -> dict:
         "device": sp.get("device") or tp.get("device"),
         "code_version": m.get("code_version"),
     }
+    if failed:
+        row.update(dict.fromkeys(METRIC_COLUMNS, OOM))
+        for stage in failed:
+            row.update(dict.fromkeys(STAGE_COLUMNS.get(stage, ()), OOM))
     return row
 
 
@@ -112,3 +131,15 @@ def build_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
     df = df.assign(_order=order).sort_values(["dataset", "resolution", "_order", "model"],
                                              kind="stable")
     return df.drop(columns="_order").reset_index(drop=True)
+
+
+def write_table(df: pd.DataFrame, out: str | os.PathLike) -> Path:
+    """Write ``df`` as CSV atomically, every number as ``%.6g`` (also beside ``OOM`` cells)."""
+    def fmt(v: object) -> object:
+        return f"{v:.6g}" if isinstance(v, float) and v == v else v  # v == v: not NaN
+
+    text = df.map(fmt)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        text.to_csv(tmp, index=False)
+    return out

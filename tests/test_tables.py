@@ -37,6 +37,7 @@ def test_row_reads_metrics_and_profiles(tmp_path):
     assert (row["dataset"], row["resolution"], row["model"]) == ("phantom-brain", 32, "wdm")
     assert (row["fid"], row["fid_ci_low"], row["fid_ci_high"]) == (2.5, 2.0, 3.1)
     assert row["train_s_per_iteration"] == 0.2 and row["sample_s_per_volume"] is None
+    assert row["status"] == "ok"  # files without a status field are ok
     assert set(row) == set(COLUMNS)
 
 
@@ -59,3 +60,57 @@ def test_errors_name_the_file(tmp_path):
     bad.write_text("{")
     with pytest.raises(InputError, match=r"metrics\.json: not valid JSON"):
         table_row(bad)
+
+
+def _profiles(metrics_path, train=None, sample=None):
+    for sub, name, content in (("run", "train_profile.json", train),
+                               ("samples", "sample_profile.json", sample)):
+        if content is not None:
+            (metrics_path.parent / sub).mkdir(exist_ok=True)
+            (metrics_path.parent / sub / name).write_text(json.dumps(content))
+
+
+def test_oom_rows_read_oom_and_the_table_still_builds(tmp_path):
+    import csv
+
+    import pandas as pd
+
+    from eval.evaluate import MEASURED_KEYS
+    from eval.tables import OOM, write_table
+
+    oom_metrics = {**dict.fromkeys(MEASURED_KEYS), "status": "oom", "error": "...",
+                   "protocol": "wdm", "code_version": "v"}
+    ok = _metrics(tmp_path, "d", 32, "wdm", fid=0.123456789, status="ok")
+    _profiles(ok, train={"status": "ok", "s_per_iteration": 0.25, "peak_memory_gb": 1.5},
+              sample={"status": "ok", "s_per_volume": 2.0, "peak_memory_gb": 0.75})
+    ref = _metrics(tmp_path, "d", 32, REFERENCE_MODEL)
+    big = _metrics(tmp_path, "d", 32, "big", **oom_metrics, failed_stage="train")
+    _profiles(big, train={"status": "oom", "error": "OutOfMemoryError: ...", "s_per_iteration": None,
+                          "peak_memory_gb": None},
+              sample={"status": "oom", "failed_stage": "train", "s_per_volume": None})
+    slow = _metrics(tmp_path, "d", 32, "slow", **oom_metrics, failed_stage="sample")
+    _profiles(slow, train={"s_per_iteration": 0.5, "peak_memory_gb": 3.0},  # old: no status = ok
+              sample={"status": "oom", "failed_stage": "sample", "s_per_volume": None})
+
+    df = build_table([ok, ref, big, slow])
+    rows = {r["model"]: r for r in df.to_dict("records")}
+    assert list(df["model"]) == [REFERENCE_MODEL, "big", "slow", "wdm"]
+    assert [rows[m]["status"] for m in ("reference", "big", "slow", "wdm")] == ["ok", "oom", "oom", "ok"]
+    for m in ("big", "slow"):
+        assert all(rows[m][c] == OOM for c in ("fid", "fid_ci_low", "mmd", "ms_ssim", "ms_ssim_pairs"))
+    # the stage that failed reads OOM; a stage that never ran is empty; one that ran keeps its numbers
+    assert rows["big"]["train_s_per_iteration"] == OOM == rows["big"]["train_peak_memory_gb"]
+    assert pd.isna(rows["big"]["sample_s_per_volume"])
+    assert (rows["slow"]["train_s_per_iteration"], rows["slow"]["train_peak_memory_gb"]) == (0.5, 3.0)
+    assert rows["slow"]["sample_s_per_volume"] == OOM == rows["slow"]["sample_peak_memory_gb"]
+    assert rows["wdm"]["fid"] == 0.123456789 and rows["wdm"]["train_s_per_iteration"] == 0.25
+    assert rows["reference"]["fid"] == 1.0 and rows["big"]["protocol"] == "wdm"
+
+    out = write_table(df, tmp_path / "table1.csv")
+    with open(out) as f:
+        csv_rows = {r["model"]: r for r in csv.DictReader(f)}
+    assert csv_rows["wdm"]["fid"] == "0.123457"  # %.6g also in a column holding OOM
+    assert csv_rows["wdm"]["ms_ssim_pairs"] == "6" and csv_rows["big"]["fid"] == "OOM"
+    assert csv_rows["big"]["sample_s_per_volume"] == "" and csv_rows["big"]["status"] == "oom"
+    numeric = pd.read_csv(out, na_values=[OOM])  # how a researcher gets numbers back
+    assert numeric["fid"].dtype == float and numeric["fid"].isna().sum() == 2

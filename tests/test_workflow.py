@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import shutil
@@ -97,3 +98,62 @@ def test_end_to_end_16cubed_into_table1(tmp_path):
     again = _snakemake("results/table1.csv", "--cores", "2", "--configfile", str(wf_cfg),
                        cwd=tmp_path)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+# Fault injection for the next test, in test code only: a sitecustomize module on PYTHONPATH runs
+# at the start of every Python process that Snakemake launches, and makes `wdm-bench STAGE` of one
+# model run out of memory (a monkeypatch cannot cross into those processes).
+_FAKE_OOM = '''
+import os, sys
+_stage, _model = os.environ.get("WDM_TEST_OOM", ":").split(":")
+if (sys.argv[0].endswith("wdm-bench") and sys.argv[1:2] == [_stage]
+        and any(f"/{_model}/" in a for a in sys.argv)):
+    import torch
+    def _oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB (test hook)")
+    if _stage == "train":
+        import wdm.train
+        wdm.train._get_batch = _oom
+    else:
+        from wdm.model import get_model_class
+        get_model_class(_model).generate = _oom
+'''
+
+
+@pytest.mark.parametrize("stage", ["train", "sample"])
+def test_out_of_memory_gives_an_oom_row_not_a_failed_dag(tmp_path, stage):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_FAKE_OOM)
+    run_cfg = tmp_path / "wdm_tiny.yaml"
+    run_cfg.write_text(yaml.safe_dump(dict(TINY_RUN, training=dict(TINY_RUN["training"], steps=2,
+                                                                   checkpoint_every=2))))
+    wf_cfg = tmp_path / "config.yaml"
+    wf_cfg.write_text(yaml.safe_dump({
+        "datasets": {"phantom-brain": {"resolutions": [16], "n_train": 4, "n_test": 3}},
+        "models": ["wdm"],
+        "model_configs": {"wdm": str(run_cfg)},
+        "evaluation": {"n_samples": 3, "weights": None, "depth": 10, "n_bootstrap": 0},
+        "threads": 1,
+    }))
+    exe = Path(sys.executable).parent / "snakemake"
+    env = dict(_env(), PYTHONPATH=os.pathsep.join(filter(None, [str(hook), os.environ.get(
+        "PYTHONPATH")])), WDM_TEST_OOM=f"{stage}:wdm")
+    res = subprocess.run([str(exe) if exe.exists() else "snakemake", "-s", str(SNAKEFILE),
+                          "results/table1.csv", "--cores", "2", "--configfile", str(wf_cfg)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    cell = tmp_path / "results" / "phantom-brain" / "16" / "wdm"
+    prof = json.loads((cell / "samples" / "sample_profile.json").read_text())
+    assert prof["status"] == "oom" and prof["failed_stage"] == stage
+    assert "CUDA out of memory" in prof["error"] and not list(cell.glob("samples/*.nii.gz"))
+    metrics = json.loads((cell / "metrics.json").read_text())
+    assert metrics["status"] == "oom" and metrics["fid"] is None
+    with open(tmp_path / "results" / "table1.csv") as f:
+        ref, row = csv.DictReader(f)
+    assert ref["model"] == "reference" and ref["status"] == "ok" and float(ref["fid"]) >= 0
+    assert row["model"] == "wdm" and row["status"] == "oom" and row["fid"] == row["ms_ssim"] == "OOM"
+    failed, other = ("train", "sample") if stage == "train" else ("sample", "train")
+    assert row[f"{failed}_s_per_iteration" if failed == "train" else f"{failed}_s_per_volume"] == "OOM"
+    assert row[f"{other}_peak_memory_gb"] != "OOM"
+    assert (tmp_path / "results" / "figures" / "samples_phantom-brain_16.png").stat().st_size > 0

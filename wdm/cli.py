@@ -1,7 +1,8 @@
 """``wdm-bench``: the command line of the suite. Thin: parses arguments, calls the package.
 
-Sub-commands: prepare, train, sample, real-stats, evaluate, table, figure. Exit code 0 on success;
-on any error one line ``wdm-bench <command>: error: <reason>`` on stderr and exit code 1 (2 for bad usage).
+Sub-commands: prepare, train, sample, real-stats, evaluate, table, figure, curves, compare,
+convert-checkpoint, profile, memory-figure. Exit code 0 on success; on any error one line
+``wdm-bench <command>: error: <reason>`` on stderr and exit code 1 (2 for bad usage).
 """
 
 from __future__ import annotations
@@ -29,8 +30,15 @@ def _cmd_prepare(a: argparse.Namespace) -> None:
 def _cmd_train(a: argparse.Namespace) -> None:
     from wdm.train import train
 
-    _set_threads(a.threads)
-    train(a.config, a.data, a.out, resume=a.resume, progress=not a.no_progress)
+    # under torchrun the job's threads are shared by the processes on this machine
+    procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    _set_threads(max(1, a.threads // procs) if a.threads else None)
+    prof = train(a.config, a.data, a.out, resume=a.resume, progress=not a.no_progress)
+    if prof.get("status") == "oom":  # recorded in train_profile.json; the workflow goes on
+        print(f"wdm-bench train: out of memory (recorded as OOM in {Path(a.out) / 'train_profile.json'}): "
+              f"{prof['error']}", file=sys.stderr)
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            sys.exit(3)  # torchrun then stops the other ranks, which may wait in a collective
 
 
 def _cmd_sample(a: argparse.Namespace) -> None:
@@ -88,14 +96,13 @@ def _cmd_real_stats(a: argparse.Namespace) -> None:
 
 
 def _cmd_table(a: argparse.Namespace) -> None:
-    from eval.tables import build_table
-    from wdm.io import atomic_path
+    from eval.tables import build_table, write_table
 
     files = list(a.metrics) if a.metrics else sorted(Path(a.results).glob("*/*/*/metrics.json"))
     df = build_table(files)
-    with atomic_path(a.out) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.6g")
-    log.info("wrote %s (%d rows)", a.out, len(df))
+    write_table(df, a.out)
+    n_oom = int((df["status"] == "oom").sum())
+    log.info("wrote %s (%d rows%s)", a.out, len(df), f", {n_oom} out of memory" if n_oom else "")
 
 
 def _cmd_figure(a: argparse.Namespace) -> None:
@@ -109,6 +116,73 @@ def _cmd_figure(a: argparse.Namespace) -> None:
         sources[name] = folder
     sample_grid(sources, a.out, n=a.n, title=a.title)
 
+
+def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
+    """``NAME=VALUE`` arguments as a dict (a ValueError names the flag on a malformed item)."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"{flag} expects NAME=VALUE, got {item!r}")
+        out[name] = value
+    return out
+
+
+def _cmd_curves(a: argparse.Namespace) -> None:
+    from eval import figures_curves as fc
+
+    if a.kind == "loss":
+        fc.loss_figure(_pairs(a.run, "--run"), a.out, smoothing=a.smoothing, title=a.title)
+        return
+    df = fc.collect_fid_vs_steps(a.metrics)
+    if a.csv:
+        from wdm.io import atomic_path
+
+        with atomic_path(a.csv) as tmp:
+            df.to_csv(tmp, index=False, float_format="%.6g")
+    fc.fid_vs_steps_figure(df, a.out, title=a.title)
+
+
+def _cmd_compare(a: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from eval.compare import compare_to_paper, load_reference
+    from wdm.io import atomic_path
+
+    table = pd.read_csv(a.table, dtype={"dataset": str, "model": str})
+    df = compare_to_paper(table, load_reference(a.reference), _pairs(a.paper_dataset, "--paper-dataset"))
+    with atomic_path(a.out) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    log.info("wrote %s (%d rows)", a.out, len(df))
+
+
+def _cmd_convert_checkpoint(a: argparse.Namespace) -> None:
+    from wdm.convert import write_converted_run
+
+    affine = None
+    if a.data:  # the affine (and side) of a prepared data folder's training volumes
+        from wdm.data.prepare import split_files
+        from wdm.io import load_nifti
+
+        vol, affine = load_nifti(split_files(Path(a.data), "train")[0])
+        a.size = int(vol.shape[0])
+    write_converted_run(a.src, a.out, a.config, size=a.size, affine=affine, step=a.step,
+                        overwrite=a.overwrite)
+
+
+
+def _cmd_profile(a: argparse.Namespace) -> None:
+    from eval.probe import run_cli
+
+    run_cli(a)  # an isolated child process; writes --out; raises only for a non-memory failure
+
+
+def _cmd_memory_figure(a: argparse.Namespace) -> None:
+    from eval.figures_memory import load_profiles, memory_figure, profile_rows, write_memory_csv
+
+    rows = profile_rows(load_profiles(a.profiles))
+    write_memory_csv(rows, a.csv)
+    memory_figure(rows, a.out, memory_limit_gb=a.memory_limit_gb)
 
 def _set_threads(n: int | None) -> None:
     """torch CPU threads: ``n`` capped at the machine's cores (more only oversubscribes them)."""
@@ -211,6 +285,48 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=3, help="volumes per source")
     s.add_argument("--title", default=None)
     s.set_defaults(func=_cmd_figure)
+
+    s = sub.add_parser("curves", help="loss curves, or FID against sampling steps (+ CSV)")
+    s.add_argument("kind", choices=["loss", "fid-steps"])
+    s.add_argument("--run", nargs="*", default=[], help="loss: MODEL=RUN_DIR pairs (RUN/loss.csv)")
+    s.add_argument("--metrics", nargs="*", default=[],
+                   help="fid-steps: .../MODEL/steps/SAMPLER_STEPS/metrics.json files")
+    s.add_argument("--csv", default=None, help="fid-steps: also write the collected points here")
+    s.add_argument("--smoothing", type=float, default=0.9, help="loss: EMA weight in [0, 1)")
+    s.add_argument("--out", required=True, help="PNG file")
+    s.add_argument("--title", default=None)
+    s.set_defaults(func=_cmd_curves)
+
+    s = sub.add_parser("compare", help="table1 beside the paper's reported values")
+    s.add_argument("--table", default="results/table1.csv")
+    s.add_argument("--reference", default="results/paper_reference.csv")
+    s.add_argument("--paper-dataset", nargs="*", default=[], help="OURS=PAPER data set pairs")
+    s.add_argument("--out", default="results/table1_vs_paper.csv")
+    s.set_defaults(func=_cmd_compare)
+
+    s = sub.add_parser("convert-checkpoint",
+                       help="make a run folder of the WDM authors' released weights (pfriedri/wdm-3d)")
+    s.add_argument("--src", required=True, help="upstream checkpoint, e.g. brats_unet_128_1200k.pt")
+    s.add_argument("--out", required=True, help="run folder to write (for 'sample --run')")
+    s.add_argument("--config", default="config/paper/models/wdm_128.yaml", help="our WDM run config")
+    s.add_argument("--size", type=int, default=128, help="cube side of the generated volumes")
+    s.add_argument("--data", default=None, help="prepared data folder: take side and affine from it")
+    s.add_argument("--step", type=int, default=None, help="step to record (default: from the name)")
+    s.add_argument("--overwrite", action="store_true", help="replace checkpoints in --out")
+    s.set_defaults(func=_cmd_convert_checkpoint)
+
+    from eval.probe import add_arguments as probe_arguments  # stdlib-only import
+
+    s = sub.add_parser("profile", help="peak memory and s/iteration of one model at one resolution")
+    probe_arguments(s)
+    s.set_defaults(func=_cmd_profile)
+
+    s = sub.add_parser("memory-figure", help="probe JSONs -> memory CSV and memory-vs-resolution figure")
+    s.add_argument("--profiles", nargs="+", required=True, help="JSON files of 'wdm-bench profile'")
+    s.add_argument("--csv", required=True, help="output CSV (one row per probe)")
+    s.add_argument("--out", required=True, help="output PNG")
+    s.add_argument("--memory-limit-gb", type=float, default=None, help="limit line (GiB)")
+    s.set_defaults(func=_cmd_memory_figure)
     return p
 
 

@@ -97,15 +97,30 @@ class GaussianDiffusion:
         model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         x0: torch.Tensor,
         generator: torch.Generator | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """x0-prediction MSE with uniform timesteps (WDM's objective). Returns a scalar.
 
         Timesteps and noise come from ``generator`` (on x0's device) so training reproduces.
+
+        Args:
+            model: denoiser (x_t, t) -> predicted x0.
+            x0: (B, ...) clean batch.
+            generator: source of all randomness.
+            shard: ``(start, global_batch)`` when ``x0`` holds rows ``start:start+B`` of a larger
+                data-parallel batch: t (global_batch,) and noise (global_batch, ...) are drawn for
+                the whole global batch and this shard's rows are used, so every process consumes
+                the generator exactly as a single process with the global batch would.
         """
         b = x0.shape[0]
+        start, total = (0, b) if shard is None else (int(shard[0]), int(shard[1]))
+        if not 0 <= start <= total - b:
+            raise ValueError(f"shard {shard} does not hold a batch of {b} rows")
         dev = generator.device if generator is not None else x0.device
-        t = torch.randint(0, self.num_timesteps, (b,), generator=generator, device=dev).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype).to(x0.device)
+        rows = slice(start, start + b)
+        t = torch.randint(0, self.num_timesteps, (total,), generator=generator, device=dev)[rows]
+        noise = torch.randn((total, *x0.shape[1:]), generator=generator, device=dev, dtype=x0.dtype)
+        t, noise = t.to(x0.device), noise[rows].to(x0.device)
         x_t = self.q_sample(x0, t, noise)
         return torch.mean((model(x_t, t) - x0) ** 2)
 

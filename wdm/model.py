@@ -4,7 +4,8 @@ A model is built from a resolved run config and the volume shape, and offers:
 
 * ``modules()``: the ``nn.Module`` s whose weights are trained and checkpointed, by name;
 * ``loss(x, generator)``: one training objective on a batch ``x`` of shape (B, 1, D, H, W) with
-  voxels in [-1, 1]; all randomness from ``generator``;
+  voxels in [-1, 1]; all randomness from ``generator``; an optional keyword ``shard=(start,
+  global_batch)`` enables data-parallel (DDP) training (:mod:`wdm.distributed`);
 * ``generate(n, generator, **sampling)``: ``n`` volumes (n, 1, D, H, W) in [-1, 1].
 
 Models with more than one objective (GANs) replace ``loss`` by two optional methods:
@@ -91,9 +92,14 @@ class DiffusionModel:
     def modules(self) -> dict[str, nn.Module]:
         return {"network": self.network}
 
-    def loss(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """x0-prediction MSE on the encoded batch. ``x``: (B, 1, D, H, W) in [-1, 1]."""
-        return self.diffusion.training_loss(self.network, self.encode(x), generator)
+    def loss(self, x: torch.Tensor, generator: torch.Generator,
+             shard: tuple[int, int] | None = None) -> torch.Tensor:
+        """x0-prediction MSE on the encoded batch. ``x``: (B, 1, D, H, W) in [-1, 1].
+
+        ``shard``: ``(start, global_batch)`` under data-parallel training (see
+        :meth:`GaussianDiffusion.training_loss`); None for a single process.
+        """
+        return self.diffusion.training_loss(self.network, self.encode(x), generator, shard=shard)
 
     def denoise(self, c_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Predicted clean state for a (B, *state_shape) noisy one, clipped if enabled."""

@@ -3,7 +3,10 @@
 Volumes are made in batches; batch b draws all its randomness from a ``torch.Generator`` seeded
 from (seed, b), so the same seed and batch size give the same volumes, and an interrupted job that
 is run again writes only the volumes that are missing. Each file is written atomically.
-``OUT/sample_profile.json`` (written last) records s/volume, peak memory, sampler and provenance.
+``OUT/sample_profile.json`` (written last) records s/volume, peak memory, sampler and provenance,
+and ``"status"``: ``"ok"``, or ``"oom"`` (see :mod:`wdm.oom`) when training ran out of memory (then
+nothing is sampled) or sampling did (then the volumes of the failing batch are removed); both exit
+normally so the rest of the workflow goes on and the table shows ``OOM``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from eval.profiling import device_description, peak_memory_gb, reset_peak_memory
 from wdm.config import config_hash, resolve_run_config
 from wdm.io import InputError, code_version, save_nifti, write_json_atomic
 from wdm.model import get_model_class
+from wdm.oom import STATUS_OK, STATUS_OOM, is_out_of_memory, one_line, read_status, release_memory
 from wdm.train import latest_checkpoint, load_checkpoint, resolve_device
 
 __all__ = ["sample", "batch_seed", "sample_path"]
@@ -45,11 +49,16 @@ def sample(run_dir: str | os.PathLike, n: int, seed: int, out_dir: str | os.Path
     """Generate ``n`` volumes from the latest checkpoint of ``run_dir`` into ``out_dir``.
 
     Sampler, steps, batch size and device default to the run config's ``sampling`` section.
-    Returns the sampling profile (also written to ``OUT/sample_profile.json``).
+    Returns the sampling profile (also written to ``OUT/sample_profile.json``). If
+    ``RUN/train_profile.json`` says training ran out of memory, or sampling does, the profile has
+    ``"status": "oom"`` and an ``"error"`` line, and no exception is raised.
     """
     if n < 1:
         raise InputError(f"--n must be at least 1, got {n}")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    train_status, train_prof = read_status(run_dir / "train_profile.json")
+    if train_status == STATUS_OOM:
+        return _upstream_oom(run_dir, out_dir, train_prof, n, seed)
     ckpt_path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
     if ckpt_path is None:
         raise InputError(f"{run_dir}: no checkpoint found in {run_dir / 'checkpoints'}")
@@ -76,23 +85,44 @@ def sample(run_dir: str | os.PathLike, n: int, seed: int, out_dir: str | os.Path
     n_batches = (n + bs - 1) // bs
     reset_peak_memory(dev)
     made, t_total = 0, 0.0
+    error: str | None = None
     for b in tqdm(range(n_batches), desc=f"sample {cfg['model']}", disable=not progress):
         idx = list(range(b * bs, min(n, (b + 1) * bs)))
         if all(sample_path(out_dir, i).exists() for i in idx):
             continue
-        gen = torch.Generator(device=dev).manual_seed(batch_seed(seed, b))
-        t0 = time.perf_counter()
-        x = model.generate(bs, gen, sampler=scfg["sampler"], steps=scfg["steps"],
-                           eta=scfg["eta"], device=dev)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t_total += time.perf_counter() - t0
-        made += bs
-        vols = ((x[:, 0].float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0).numpy()
-        for j, i in enumerate(idx):
-            if not sample_path(out_dir, i).exists():
-                save_nifti(sample_path(out_dir, i), vols[j], affine)
+        written: list[Path] = []
+        try:
+            gen = torch.Generator(device=dev).manual_seed(batch_seed(seed, b))
+            t0 = time.perf_counter()
+            x = model.generate(bs, gen, sampler=scfg["sampler"], steps=scfg["steps"],
+                               eta=scfg["eta"], device=dev)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            t_total += time.perf_counter() - t0
+            made += bs
+            vols = ((x[:, 0].float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0).numpy()
+            for j, i in enumerate(idx):
+                if not sample_path(out_dir, i).exists():
+                    written.append(sample_path(out_dir, i))
+                    save_nifti(written[-1], vols[j], affine)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            for f in [*written, *out_dir.glob(".sample_*")]:
+                f.unlink(missing_ok=True)
+            error = (f"sampling ran out of memory (model {cfg['model']}, volumes {shape}, batch size "
+                     f"{bs}, device {dev}): {one_line(exc)}")
+            log.error("%s. Removed the %d volume(s) of batch %d/%d. Try a smaller "
+                      "sampling.batch_size (--batch-size %d) or a device with more memory; "
+                      "volumes already written are kept.", error, len(written), b + 1, n_batches,
+                      max(1, bs // 2))
+            break
+    if error:
+        x = vols = None  # the failed batch's tensors (the exception and its frames are gone)
+        release_memory(dev)
     profile = {
+        "status": STATUS_OOM if error else STATUS_OK,
+        **({"error": error, "failed_stage": "sample"} if error else {}),
         "model": cfg["model"],
         "n": n,
         "seed": seed,
@@ -100,8 +130,8 @@ def sample(run_dir: str | os.PathLike, n: int, seed: int, out_dir: str | os.Path
         "sampler": scfg["sampler"] if iterative else "one forward pass",
         "sampler_steps": scfg["steps"] if iterative else 1,
         "batch_size": bs,
-        "s_per_volume": (t_total / made) if made else None,
-        "peak_memory_gb": peak_memory_gb(dev) if made else None,
+        "s_per_volume": (t_total / made) if made and not error else None,
+        "peak_memory_gb": peak_memory_gb(dev) if made and not error else None,
         "peak_memory_kind": "cuda_max_allocated" if dev.type == "cuda" else "process_peak_rss",
         "device": device_description(dev),
         "checkpoint": str(ckpt_path),
@@ -111,10 +141,35 @@ def sample(run_dir: str | os.PathLike, n: int, seed: int, out_dir: str | os.Path
         "code_version": code_version(),
     }
     prev = out_dir / "sample_profile.json"
-    if not made and prev.exists():
+    if not made and not error and prev.exists() and read_status(prev)[0] == STATUS_OK:
         log.info("%s: all %d volumes present; nothing to do", out_dir, n)
         return profile
     write_json_atomic(prev, profile)
+    if error:
+        return profile
     log.info("sampled %d volumes (%s, %s steps): %.2f s/volume", n, profile["sampler"],
              profile["sampler_steps"], profile["s_per_volume"] or float("nan"))
+    return profile
+
+
+def _upstream_oom(run_dir: Path, out_dir: Path, train_prof: dict, n: int, seed: int) -> dict:
+    """Training ran out of memory: write an ``"oom"`` sampling profile that says so; sample nothing."""
+    error = f"training ran out of memory: {train_prof.get('error') or 'no details recorded'}"
+    log.error("%s: %s; nothing to sample (see %s)", run_dir, error, run_dir / "train_profile.json")
+    profile = {
+        "status": STATUS_OOM,
+        "error": error,
+        "failed_stage": "train",
+        "model": train_prof.get("model"),
+        "n": n,
+        "seed": seed,
+        **dict.fromkeys(("sampler", "sampler_steps", "batch_size", "s_per_volume",
+                         "peak_memory_gb", "peak_memory_kind", "checkpoint", "checkpoint_step")),
+        "device": train_prof.get("device"),
+        "config_hash": train_prof.get("config_hash"),
+        "config": None,
+        "code_version": code_version(),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "sample_profile.json", profile)
     return profile

@@ -243,9 +243,11 @@ class LatentDiffusionStage:
         self._check_ready()
         return self.codec.normalize(self.codec.vqgan.encode(x))
 
-    def loss(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """x0-prediction MSE on the normalised latents of ``x`` (B, 1, D, H, W)."""
-        return self.diffusion.training_loss(self.network, self.encode(x), generator)
+    def loss(self, x: torch.Tensor, generator: torch.Generator,
+             shard: tuple[int, int] | None = None) -> torch.Tensor:
+        """x0-prediction MSE on the normalised latents of ``x`` (B, 1, D, H, W); ``shard`` as in
+        :meth:`wdm.diffusion.GaussianDiffusion.training_loss` (data-parallel training)."""
+        return self.diffusion.training_loss(self.network, self.encode(x), generator, shard=shard)
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator, *, sampler: str = "ddim",

@@ -12,6 +12,7 @@ rule train:
     params:
         run=run_dir,
         data=lambda w: f"data/{w.dataset}/{w.res}",
+        launcher=lambda w: train_launcher(w.model),
     wildcard_constraints:
         model=generic_models_regex(),
     log:
@@ -24,10 +25,15 @@ rule train:
     resources:
         mem_mb=8000,
         runtime=24 * 60,
+        gpu=lambda w: train_gpus(w.model),
     shell:
+        # training.gpus > 1: torchrun with one DDP process per GPU (common.smk: train_launcher).
         # --resume: a rerun after a killed job continues from its last checkpoint.
-        "wdm-bench train --config {input.config:q} --data {params.data:q} --out {params.run:q} "
-        "--resume --threads {threads} --no-progress > {log:q} 2>&1"
+        # An out-of-memory run exits 0 with "status": "oom" in its profile; under torchrun the
+        # failing rank exits 3 to stop the others, so a recorded OOM also counts as done.
+        "{params.launcher} train --config {input.config:q} --data {params.data:q} "
+        "--out {params.run:q} --resume --threads {threads} --no-progress > {log:q} 2>&1 "
+        "|| grep -qs '\"status\": \"oom\"' {output.profile:q}"
 
 
 rule sample:

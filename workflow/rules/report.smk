@@ -8,7 +8,12 @@ rule table1:
         ],
         figures=lambda w: [f"results/figures/samples_{d}_{r}.png" for d, r in all_cells()],
     output:
-        "results/table1.csv",
+        report(
+            "results/table1.csv",
+            caption="../report/table1.rst",
+            category="Tables",
+            labels={"table": "table1"},
+        ),
     log:
         "logs/table1.log",
     benchmark:
@@ -30,7 +35,13 @@ rule sample_figure:
             f"results/{w.dataset}/{w.res}/{m}/samples/sample_profile.json" for m in active_models()
         ],
     output:
-        "results/figures/samples_{dataset}_{res}.png",
+        report(
+            "results/figures/samples_{dataset}_{res}.png",
+            caption="../report/samples.rst",
+            category="Samples",
+            subcategory="{dataset} {res}^3",
+            labels={"model": "all models", "figure": "samples"},
+        ),
     params:
         real=lambda w: f"data/{w.dataset}/{w.res}/test",
         fake=lambda w: [
