@@ -84,13 +84,17 @@ def run_config(model: str, resolution: int, widths: str = "paper") -> tuple[dict
     return cfg, str(src.relative_to(REPO))
 
 
-def plan(models: list[str], resolutions: list[int], variant_res: list[int] | None) -> list[dict[str, Any]]:
+VARIANTS = {"ckpt": ("wdm +ckpt", "fp32"), "ckpt-bf16": ("wdm +ckpt bf16", "bf16")}
+
+
+def plan(models: list[str], resolutions: list[int], variant_res: list[int] | None,
+         variants: tuple[str, ...] = tuple(VARIANTS)) -> list[dict[str, Any]]:
     """The rows to measure, in order: (label, model, resolution, checkpointing, precision)."""
     rows = [{"label": m, "model": m, "resolution": r, "checkpointing": False, "precision": "fp32"}
             for m in models for r in resolutions]
     if "wdm" in models and variant_res is not None:
         at = [r for r in resolutions if r in variant_res] or [max(resolutions)]
-        for label, prec in (("wdm +ckpt", "fp32"), ("wdm +ckpt bf16", "bf16")):
+        for label, prec in (VARIANTS[v] for v in variants):
             rows += [{"label": label, "model": "wdm", "resolution": r, "checkpointing": True,
                       "precision": prec} for r in at]
     return rows
@@ -132,7 +136,8 @@ def _previous(done: list[dict], row: dict) -> dict | None:
 
 def run(a: argparse.Namespace) -> list[dict[str, Any]]:
     """Measure every planned row; returns the rows (with ratios) in plan order."""
-    todo = plan(a.models, sorted(a.resolutions), None if a.no_variants else a.variant_resolutions)
+    todo = plan(a.models, sorted(a.resolutions), None if a.no_variants else a.variant_resolutions,
+                tuple(a.variants))
     est = estimate_total(todo, a.repeats, a.max_seconds_per_step, a.widths)
     log.info("%d probes planned; estimated total %.0f min (rough, 2 idle cores, no OOM; an OOM ends "
              "a probe early)", len(todo), est / 60)
@@ -230,6 +235,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variant-resolutions", type=int, nargs="*", default=[256],
                    help="where the extra WDM rows (checkpointing, +bf16) run (else the largest)")
     p.add_argument("--no-variants", action="store_true", help="no extra WDM rows")
+    p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS),
+                   help="which extra WDM rows: activation checkpointing, and with bf16 too")
     p.add_argument("--widths", choices=["paper", "tiny"], default="paper")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--device", default="cpu")

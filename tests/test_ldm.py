@@ -317,3 +317,21 @@ def test_snakemake_runs_ldm_into_table1(tmp_path):
     assert json.loads((ldm / "vqgan" / "train_profile.json").read_text())["model_info"]["stage"] == "vqgan"
     assert yaml.safe_load((ldm / "run" / "config.yaml").read_text())["ldm"]["vqgan_run"] == \
         "results/phantom-brain/16/ldm/vqgan"
+
+
+def test_stage2_after_stage1_oom_is_an_oom_run_not_a_crash(tmp_path, phantom16):
+    """A VQ-GAN that ran out of memory makes stage 2 an OOM run (then sampling passes it on)."""
+    from wdm.sample import sample
+    from wdm.train import train
+
+    vq = tmp_path / "vqgan"
+    vq.mkdir()
+    (vq / "train_profile.json").write_text(json.dumps(
+        {"status": "oom", "error": "OutOfMemoryError: CUDA out of memory", "model": "ldm"}))
+    prof = train(stage_config(TINY_LDM, "diffusion", vq), phantom16, tmp_path / "run", progress=False)
+    assert prof["status"] == "oom"
+    assert "stage 1" in prof["error"] and "CUDA out of memory" in prof["error"]
+    saved = json.loads((tmp_path / "run" / "train_profile.json").read_text())
+    assert saved["status"] == "oom" and saved["s_per_iteration"] is None
+    sp = sample(tmp_path / "run", 1, 0, tmp_path / "samples", progress=False)
+    assert sp["status"] == "oom" and not list((tmp_path / "samples").glob("*.nii.gz"))

@@ -22,8 +22,8 @@ import torch
 
 from wdm.io import InputError
 
-__all__ = ["STATUS_OK", "STATUS_OOM", "is_out_of_memory", "one_line", "read_status",
-           "release_memory"]
+__all__ = ["STATUS_OK", "STATUS_OOM", "UpstreamOutOfMemory", "is_out_of_memory", "one_line",
+           "read_status", "release_memory"]
 
 STATUS_OK = "ok"
 STATUS_OOM = "oom"
@@ -33,9 +33,17 @@ STATUS_OOM = "oom"
 _OOM_MESSAGES = ("can't allocate memory", "DefaultCPUAllocator", "out of memory")
 
 
+class UpstreamOutOfMemory(Exception):
+    """A stage this one needs (e.g. the LDM's stage-1 VQ-GAN) is recorded as out of memory.
+
+    Raised while a model is built; the training loop records this run as OOM too, so a two-stage
+    model whose first stage did not fit becomes an OOM row instead of a failed job.
+    """
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is an allocation failure (GPU or CPU) rather than a bug or a bad input."""
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError, UpstreamOutOfMemory)):
         return True
     return isinstance(exc, RuntimeError) and any(s in str(exc) for s in _OOM_MESSAGES)
 

@@ -31,6 +31,7 @@ from baselines.ldm.vqgan import ARCH_KEYS, VQGAN, build_discriminator, build_vqg
 from wdm.diffusion import GaussianDiffusion
 from wdm.io import InputError
 from wdm.networks import build_network
+from wdm.oom import STATUS_OOM, UpstreamOutOfMemory, read_status
 from wdm.samplers import get_sampler
 
 __all__ = ["VQGANStage", "LatentDiffusionStage", "FrozenCodec", "load_vqgan_run"]
@@ -163,6 +164,10 @@ def load_vqgan_run(run_dir: str | Path, settings: dict, volume_shape: Sequence[i
     from wdm.train import latest_checkpoint, load_checkpoint  # wdm.train imports wdm.model
 
     run_dir = Path(run_dir)
+    status, profile = read_status(run_dir / "train_profile.json")
+    if status == STATUS_OOM:
+        raise UpstreamOutOfMemory(f"stage 1 (VQ-GAN, {run_dir}) ran out of memory: "
+                                  f"{profile.get('error')}")
     ckpt_path = latest_checkpoint(run_dir)
     if ckpt_path is None:
         raise InputError(f"ldm.vqgan_run: {run_dir} holds no checkpoint; train stage 1 first "
