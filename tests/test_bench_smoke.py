@@ -113,3 +113,13 @@ def test_bench_dwt_smoke(tmp_path: Path) -> None:
     bands = df.set_index("variant")["bands_max_diff_vs_ours"]  # same band order and scale as ours
     assert (bands.drop(["copy", "copy_into"]) < 1e-5).all()
     assert bands[["copy", "copy_into"]].isna().all()
+
+
+def test_bench_activation_memory_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "activation_memory.csv"
+    _bench("bench_activation_memory").main(["--rows", "wdm:16", "ddpm3d:16", "--widths", "tiny",
+                                            "--threads", "1", "--measured", str(tmp_path / "none.csv"),
+                                            "--out", str(out)])
+    df = pd.read_csv(out)
+    assert df["model"].tolist() == ["wdm", "ddpm3d"] and (df["estimate_gb"] > df["param_state_gb"]).all()
+    assert df.loc[1, "estimate_vs_ddpm3d"] == 1.0 and 0 < df.loc[0, "estimate_vs_ddpm3d"] < 1

@@ -63,17 +63,25 @@ rule sample_figure:
 
 
 rule readme_results:
-    """Copy the table and sample figures the README cites into results/readme/ (kept in git).
+    """Copy the tables and figures the README cites into results/readme/ (kept in git).
 
     results/table1.csv itself is not committed: a committed copy would make Snakemake think the
     table is up to date on a fresh clone and skip the whole run.
     """
     input:
         table="results/table1.csv",
-        figures=[f"results/figures/samples_{d}_{r}.png" for d, r in all_cells()],
+        vs_paper="results/table1_vs_paper.csv",
+        figures=lambda w: figure_targets(),
+        sweeps=lambda w: [f"results/{d}/{r}/fid_vs_steps.csv" for d, r in all_cells() if sweep_models()],
     output:
         table="results/readme/table1.csv",
-        figures=[f"results/readme/figures/samples_{d}_{r}.png" for d, r in all_cells()],
+        vs_paper="results/readme/table1_vs_paper.csv",
+    params:
+        copy_sweeps=lambda w: "".join(
+            f"cp results/{d}/{r}/fid_vs_steps.csv results/readme/fid_vs_steps_{d}_{r}.csv && "
+            for d, r in all_cells()
+            if sweep_models()
+        ),
     log:
         "logs/readme_results.log",
     benchmark:
@@ -84,5 +92,7 @@ rule readme_results:
         mem_mb=100,
         runtime=5,
     shell:
-        "(cp {input.table:q} {output.table:q} && cp {input.figures:q} "
-        "results/readme/figures/) > {log:q} 2>&1"
+        "(mkdir -p results/readme/figures && cp {input.figures:q} results/readme/figures/ && "
+        "{params.copy_sweeps} "
+        "cp {input.vs_paper:q} {output.vs_paper:q} && cp {input.table:q} {output.table:q}) "
+        "> {log:q} 2>&1"
