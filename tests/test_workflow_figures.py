@@ -40,7 +40,7 @@ def test_report_16cubed_holds_table_and_figures(tmp_path):
     run_cfg = tmp_path / "wdm_tiny.yaml"
     run_cfg.write_text(yaml.safe_dump(dict(TINY_RUN, training=dict(TINY_RUN["training"], steps=4))))
     wf_cfg = tmp_path / "config.yaml"
-    wf_cfg.write_text(yaml.safe_dump({
+    wf = {
         "datasets": {"phantom-brain": {"resolutions": [16], "n_train": 6, "n_test": 4}},
         "models": ["wdm"],
         "model_configs": {"wdm": str(run_cfg)},
@@ -50,7 +50,8 @@ def test_report_16cubed_holds_table_and_figures(tmp_path):
             {"sampler": "ddim", "steps": 4}]}},
         "profiling": {"resolutions": [16], "repeats": 1},  # the memory figure (rules/profile.smk)
         "threads": 1,
-    }))
+    }
+    wf_cfg.write_text(yaml.safe_dump(wf))
     res = _snakemake("--cores", "2", "--configfile", str(wf_cfg), cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     results = tmp_path / "results"
@@ -68,6 +69,8 @@ def test_report_16cubed_holds_table_and_figures(tmp_path):
     if (results / "figures" / "memory_vs_resolution.png").exists():  # registered in REPORT_FIGURES
         figures.append("memory_vs_resolution.png")
 
+    # as the README says it: no --cores, and the default `threads: null` (cores are undefined then)
+    wf_cfg.write_text(yaml.safe_dump({k: v for k, v in wf.items() if k != "threads"}))
     for report in ("report.html", "report.zip"):
         rep = _snakemake("--report", f"results/{report}", "--configfile", str(wf_cfg), cwd=tmp_path)
         assert rep.returncode == 0, rep.stdout + rep.stderr
