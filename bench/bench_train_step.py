@@ -235,6 +235,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variant-resolutions", type=int, nargs="*", default=[256],
                    help="where the extra WDM rows (checkpointing, +bf16) run (else the largest)")
     p.add_argument("--no-variants", action="store_true", help="no extra WDM rows")
+    p.add_argument("--plot-from", default=None, help="only redraw the PNG of this CSV (no measuring)")
     p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS),
                    help="which extra WDM rows: activation checkpointing, and with bf16 too")
     p.add_argument("--widths", choices=["paper", "tiny"], default="paper")
@@ -252,12 +253,27 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the benchmark; print the table and verdicts; return the rows written to the CSV."""
     a = parse_args(argv)
     setup_logging()
-    rows = run(a)
+    if a.plot_from:  # redraw the figure of an earlier run without measuring again
+        import pandas as pd
+
+        rows = pd.read_csv(a.plot_from).astype(object).where(lambda d: d.notna(), None).to_dict("records")
+    else:
+        rows = run(a)
     print_rows(rows, COLUMNS)
     for line in verdicts(rows, a.memory_limit_gb):
         sys.stdout.write(line + "\n")
-    write_rows(rows, a.out)
+    out = a.plot_from or write_rows(rows, a.out)
+    plot(rows, Path(out).with_suffix(".png"), a.memory_limit_gb)
     return rows
+
+
+def plot(rows: list[dict[str, Any]], out: Path, memory_limit_gb: float | None) -> Path:
+    """Peak memory against resolution, OOM marked (the workflow's memory figure, training panel)."""
+    from eval.figures_memory import memory_figure
+
+    drawn = [dict(r, mode="train") for r in rows if r["status"] in ("ok", "oom")]
+    return memory_figure(drawn, out, memory_limit_gb=memory_limit_gb or None,
+                         title="One training step, paper widths, batch 1 (bench/bench_train_step.py)")
 
 
 if __name__ == "__main__":
