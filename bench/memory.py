@@ -18,14 +18,10 @@ __all__ = ["rss_mb", "PeakRSS"]
 
 def rss_mb() -> float:
     """Current resident set size of this process in MiB (NaN where ``/proc`` is unavailable)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024  # kB -> MiB
-    except OSError:
-        pass
-    return float("nan")
+    from eval.profiling import current_rss_gb
+
+    gb = current_rss_gb()
+    return float("nan") if gb is None else gb * 1e9 / 2**20
 
 
 class PeakRSS:

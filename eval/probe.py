@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["MODES", "PRECISIONS", "STEADY_STEP", "is_oom_error", "apply_memory_limit", "measure",
+__all__ = ["MODES", "PRECISIONS", "STEADY_STEP", "apply_memory_limit", "measure",
            "probe_isolated", "add_arguments", "run_cli", "main"]
 
 log = logging.getLogger(__name__)
@@ -68,16 +68,7 @@ PRECISIONS = ("fp32", "bf16")
 STEADY_STEP = 1_000_000
 _REPO = Path(__file__).resolve().parents[1]
 _GB = 1e9
-_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "defaultcpuallocator",
-             "std::bad_alloc")
 _OOM_SIGNALS_UNDER_LIMIT = (signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS)
-
-
-def is_oom_error(exc: BaseException) -> bool:
-    """True for torch's CUDA/CPU out-of-memory errors and Python's MemoryError."""
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-        return True
-    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in _OOM_TEXT)
 
 
 def apply_memory_limit(gb: float) -> str:
@@ -90,19 +81,10 @@ def apply_memory_limit(gb: float) -> str:
 
 def _rss_gb() -> float:
     """Current resident set size in GB (Linux /proc; the peak elsewhere)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024 / _GB
-    except OSError:
-        pass
-    return _maxrss_gb(resource.RUSAGE_SELF)
+    from eval.profiling import current_rss_gb, max_rss_gb
 
-
-def _maxrss_gb(who: int) -> float:
-    rss = resource.getrusage(who).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss * (1 if sys.platform == "darwin" else 1024) / _GB
+    rss = current_rss_gb()
+    return max_rss_gb() if rss is None else rss
 
 
 def _build(cfg: dict, shape: tuple[int, int, int]) -> tuple[Any, str | None]:
@@ -202,19 +184,21 @@ def measure(cfg: dict, resolution: int, mode: str, *, batch_size: int = 1, repea
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a row, OOM first
         if isinstance(exc, KeyboardInterrupt):
             raise
-        res["status"] = "oom" if is_oom_error(exc) else "error"
+        from wdm.oom import is_out_of_memory
+
+        res["status"] = "oom" if is_out_of_memory(exc) else "error"
         res["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
     import gc
 
     gc.collect()
-    from eval.profiling import device_description
+    from eval.profiling import device_description, max_rss_gb
 
     res["device"] = device_description(dev)
     if dev.type == "cuda":
         res.update(peak_memory_gb=torch.cuda.max_memory_allocated(dev) / _GB, rss_baseline_gb=0.0,
                    peak_memory_kind="cuda_max_allocated")
     else:
-        res.update(peak_memory_gb=_maxrss_gb(resource.RUSAGE_SELF), rss_baseline_gb=baseline,
+        res.update(peak_memory_gb=max_rss_gb(), rss_baseline_gb=baseline,
                    peak_memory_kind="process_peak_rss")
     res["peak_minus_baseline_gb"] = res["peak_memory_gb"] - res["rss_baseline_gb"]
     return res
@@ -346,7 +330,9 @@ def probe_isolated(config: str | os.PathLike | dict, resolution: int, mode: str,
             status, usage, timed_out = _wait(proc, timeout_s)
         code = os.waitstatus_to_exitcode(status)
         stderr_tail = " | ".join(err_path.read_text(errors="replace").strip().splitlines()[-5:])
-        child_peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024) / _GB
+        from eval.profiling import rusage_max_rss_gb
+
+        child_peak = rusage_max_rss_gb(usage)
         if out.exists() and code == 0:
             res = json.loads(out.read_text())
         else:

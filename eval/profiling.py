@@ -14,7 +14,8 @@ import sys
 
 import torch
 
-__all__ = ["reset_peak_memory", "peak_memory_gb", "median_seconds", "device_description"]
+__all__ = ["reset_peak_memory", "peak_memory_gb", "max_rss_gb", "rusage_max_rss_gb", "current_rss_gb",
+           "median_seconds", "device_description"]
 
 
 def reset_peak_memory(device: torch.device | str) -> None:
@@ -27,8 +28,29 @@ def peak_memory_gb(device: torch.device | str) -> float:
     """Peak memory in GB (1e9 bytes): CUDA allocations, or the process's peak RSS on CPU."""
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1e9
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss * (1 if sys.platform == "darwin" else 1024) / 1e9
+    return max_rss_gb()
+
+
+def rusage_max_rss_gb(usage: resource.struct_rusage) -> float:
+    """``ru_maxrss`` of a ``getrusage``/``wait4`` result in GB (it is KiB on Linux, bytes on macOS)."""
+    return usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024) / 1e9
+
+
+def max_rss_gb(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident set size of this process (or of its waited-for children) in GB."""
+    return rusage_max_rss_gb(resource.getrusage(who))
+
+
+def current_rss_gb() -> float | None:
+    """Current resident set size of this process in GB (``VmRSS``); None where /proc is absent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return None
 
 
 def median_seconds(times: list[float], skip: int = 0) -> float | None:

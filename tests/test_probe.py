@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from eval.figures_memory import memory_figure, profile_rows, write_memory_csv
-from eval.probe import is_oom_error, probe_isolated
+from eval.probe import probe_isolated
 from tests.conftest import TINY_RUN
+from wdm.oom import is_out_of_memory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,10 +56,10 @@ def test_probe_timeout_kills_the_child() -> None:
     assert res["status"] == "timeout" and res["wall_s"] < 30
 
 
-def test_is_oom_error() -> None:
+def test_probe_classifies_oom_with_the_shared_check() -> None:
     msg = "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"
-    assert is_oom_error(RuntimeError(msg)) and is_oom_error(MemoryError())
-    assert not is_oom_error(RuntimeError("shape mismatch")) and not is_oom_error(ValueError("x"))
+    assert is_out_of_memory(RuntimeError(msg)) and is_out_of_memory(MemoryError())
+    assert not is_out_of_memory(RuntimeError("shape mismatch")) and not is_out_of_memory(ValueError("x"))
 
 
 def _rows() -> list[dict]:

@@ -30,7 +30,8 @@ STATUS_OOM = "oom"
 
 #: fragments of the messages of allocation failures that torch raises as a plain RuntimeError
 #: (the CPU allocator, MPS, and CUDA in code paths that do not raise ``torch.OutOfMemoryError``).
-_OOM_MESSAGES = ("can't allocate memory", "DefaultCPUAllocator", "out of memory")
+_OOM_MESSAGES = ("can't allocate memory", "cannot allocate memory", "defaultcpuallocator",
+                 "out of memory", "std::bad_alloc")
 
 
 class UpstreamOutOfMemory(Exception):
@@ -45,7 +46,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is an allocation failure (GPU or CPU) rather than a bug or a bad input."""
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError, UpstreamOutOfMemory)):
         return True
-    return isinstance(exc, RuntimeError) and any(s in str(exc) for s in _OOM_MESSAGES)
+    return isinstance(exc, RuntimeError) and any(s in str(exc).lower() for s in _OOM_MESSAGES)
 
 
 def one_line(exc: BaseException, limit: int = 400) -> str:
