@@ -1,6 +1,6 @@
-"""Memory against resolution: probe results (:mod:`eval.probe`) -> a CSV and a two-panel figure.
+"""Memory against resolution: probe results (:mod:`wdm.probe`) -> a CSV and a two-panel figure.
 
-The figure (issue 6.2) has one panel per mode (training step, sampling), peak memory in GB against
+The figure has one panel per mode (training step, sampling), peak memory in GB against
 the volume side R on log-log axes, one line per model (and option set). A probe that ran out of
 memory is a red cross at the top of the panel, labelled with the model; the memory limit the probes
 ran under, if any, is a dashed horizontal line. Peak memory is the probe's ``peak_memory_gb``: the
@@ -69,6 +69,79 @@ def write_memory_csv(rows: Sequence[dict[str, Any]], out: str | os.PathLike) -> 
     return out
 
 
+def _limit_line(rows: Sequence[dict[str, Any]], memory_limit_gb: float | None
+                ) -> tuple[float | None, float | None]:
+    """``(limit in GiB, limit in GB)`` of the dashed line: the argument, else the rows' largest."""
+    if memory_limit_gb is None:
+        limits = [r["memory_limit_gb"] for r in rows if r.get("memory_limit_gb")]
+        memory_limit_gb = max(limits) if limits else None
+    limit = memory_limit_gb * 2**30 / 1e9 if memory_limit_gb else None  # GiB -> GB
+    return memory_limit_gb, limit
+
+
+def _draw_oom_marks(ax: Any, mrows: Sequence[dict[str, Any]], top: float) -> None:
+    """One red cross per resolution at which a probe of this panel ran out of memory."""
+    ooms: dict[int, list[str]] = {}
+    for r in mrows:
+        if r["status"] == "oom":
+            ooms.setdefault(int(r["resolution"]), []).append(r["label"])
+    for k, (res, labs) in enumerate(sorted(ooms.items())):
+        ax.plot(res, top, marker="x", color="red", markersize=10, mew=2.5, linestyle="none",
+                label="OOM" if k == 0 else None)
+        ax.annotate("\n".join(sorted(labs)), (res, top), fontsize=7, color="red", ha="center",
+                    va="top", xytext=(0, -9), textcoords="offset points")
+
+
+def _draw_panel(ax: Any, mode: str, rows: Sequence[dict[str, Any]], ok: Sequence[dict[str, Any]],
+                colors: dict[str, str], ylim: tuple[float, float],
+                limits: tuple[float | None, float | None], resolutions: Sequence[int]) -> None:
+    """One panel (``mode``): a line per label through its ok probes, OOM crosses, the limit line.
+
+    ``ylim`` is ``(lo, hi)``; OOMs are drawn at ``hi / 1.5``. ``limits`` is ``(GiB, GB)`` from
+    :func:`_limit_line`.
+    """
+    lo, hi = ylim
+    memory_limit_gb, limit = limits
+    mrows = [r for r in rows if r["mode"] == mode]
+    for lab in colors:
+        pts = sorted((int(r["resolution"]), float(r["peak_memory_gb"])) for r in mrows
+                     if r["label"] == lab and r in ok)
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", color=colors[lab], label=lab)
+    _draw_oom_marks(ax, mrows, hi / 1.5)
+    if limit:
+        ax.axhline(limit, color="k", linestyle="--", linewidth=1,
+                   label=f"memory limit {memory_limit_gb:g} GiB")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(resolutions, [f"{s}³" for s in resolutions])
+    ax.set_xlim(resolutions[0] / 1.4, resolutions[-1] * 1.4)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("volume side R (R³ voxels)")
+    ax.set_title(_TITLES[mode])
+    ax.grid(True, which="both", alpha=0.3)
+    if not mrows:
+        ax.text(0.5, 0.5, "no probes", transform=ax.transAxes, ha="center", color="grey")
+
+
+def _finish_figure(fig: Any, axes: Sequence[Any], rows: Sequence[dict[str, Any]],
+                   ok: Sequence[dict[str, Any]], title: str | None) -> None:
+    """Y label, the shared legend, the list of probes not measured, the title and the layout."""
+    kinds = sorted({str(r.get("peak_memory_kind")) for r in ok})
+    axes[0].set_ylabel("peak memory (GB" + (", process RSS)" if "process_peak_rss" in kinds else ")"))
+    handles = {h.get_label(): h for ax in axes for h in ax.get_lines() if not h.get_label().startswith("_")}
+    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(len(handles), 6),
+               fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.95))
+    skipped = sorted({f"{r['label']} {r['mode']} {r['resolution']}³: {r['status']}" for r in rows
+                      if r["status"] not in ("ok", "oom")})
+    if skipped:
+        fig.text(0.01, 0.01, "not measured: " + "; ".join(skipped), fontsize=6, color="grey")
+    batches = ", ".join(sorted({str(r.get("batch_size")) for r in rows}))
+    fig.suptitle(title or f"Peak memory against resolution (batch {batches})", y=0.99, fontsize=10)
+    n_rows = -(-len(handles) // 6)
+    fig.tight_layout(rect=(0, 0.03, 1, 0.93 - 0.05 * n_rows))
+
+
 def memory_figure(rows: Sequence[dict[str, Any]], out: str | os.PathLike, *,
                   memory_limit_gb: float | None = None, title: str | None = None) -> Path:
     """Draw peak memory against resolution (two panels, train and sample) into a PNG.
@@ -84,61 +157,17 @@ def memory_figure(rows: Sequence[dict[str, Any]], out: str | os.PathLike, *,
     import matplotlib.pyplot as plt
 
     rows = [r if "label" in r else profile_rows([r])[0] for r in rows]
-    if memory_limit_gb is None:
-        limits = [r["memory_limit_gb"] for r in rows if r.get("memory_limit_gb")]
-        memory_limit_gb = max(limits) if limits else None
-    limit = memory_limit_gb * 2**30 / 1e9 if memory_limit_gb else None  # GiB -> GB
+    memory_limit_gb, limit = _limit_line(rows, memory_limit_gb)
     ok = [r for r in rows if r["status"] == "ok" and r.get("peak_memory_gb")]
     vals = [float(r["peak_memory_gb"]) for r in ok] + ([limit] if limit else [])
-    lo = min(vals, default=0.1) / 2
-    hi = max(vals, default=1.0) * 12
-    top = hi / 1.5  # where an OOM is drawn
+    ylim = (min(vals, default=0.1) / 2, max(vals, default=1.0) * 12)
     resolutions = sorted({int(r["resolution"]) for r in rows}) or [32]
     labels = sorted({r["label"] for r in rows})
     colors = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     for ax, mode in zip(axes, _MODES, strict=True):
-        mrows = [r for r in rows if r["mode"] == mode]
-        for lab in labels:
-            pts = sorted((int(r["resolution"]), float(r["peak_memory_gb"])) for r in mrows
-                         if r["label"] == lab and r in ok)
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", color=colors[lab], label=lab)
-        ooms: dict[int, list[str]] = {}
-        for r in mrows:
-            if r["status"] == "oom":
-                ooms.setdefault(int(r["resolution"]), []).append(r["label"])
-        for k, (res, labs) in enumerate(sorted(ooms.items())):
-            ax.plot(res, top, marker="x", color="red", markersize=10, mew=2.5, linestyle="none",
-                    label="OOM" if k == 0 else None)
-            ax.annotate("\n".join(sorted(labs)), (res, top), fontsize=7, color="red", ha="center",
-                        va="top", xytext=(0, -9), textcoords="offset points")
-        if limit:
-            ax.axhline(limit, color="k", linestyle="--", linewidth=1,
-                       label=f"memory limit {memory_limit_gb:g} GiB")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(resolutions, [f"{s}³" for s in resolutions])
-        ax.set_xlim(resolutions[0] / 1.4, resolutions[-1] * 1.4)
-        ax.set_ylim(lo, hi)
-        ax.set_xlabel("volume side R (R³ voxels)")
-        ax.set_title(_TITLES[mode])
-        ax.grid(True, which="both", alpha=0.3)
-        if not mrows:
-            ax.text(0.5, 0.5, "no probes", transform=ax.transAxes, ha="center", color="grey")
-    kinds = sorted({str(r.get("peak_memory_kind")) for r in ok})
-    axes[0].set_ylabel("peak memory (GB" + (", process RSS)" if "process_peak_rss" in kinds else ")"))
-    handles = {h.get_label(): h for ax in axes for h in ax.get_lines() if not h.get_label().startswith("_")}
-    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=min(len(handles), 6),
-               fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.95))
-    skipped = sorted({f"{r['label']} {r['mode']} {r['resolution']}³: {r['status']}" for r in rows
-                      if r["status"] not in ("ok", "oom")})
-    if skipped:
-        fig.text(0.01, 0.01, "not measured: " + "; ".join(skipped), fontsize=6, color="grey")
-    batches = ", ".join(sorted({str(r.get("batch_size")) for r in rows}))
-    fig.suptitle(title or f"Peak memory against resolution (batch {batches})", y=0.99, fontsize=10)
-    n_rows = -(-len(handles) // 6)
-    fig.tight_layout(rect=(0, 0.03, 1, 0.93 - 0.05 * n_rows))
+        _draw_panel(ax, mode, rows, ok, colors, ylim, (memory_limit_gb, limit), resolutions)
+    _finish_figure(fig, axes, rows, ok, title)
     out = Path(out)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -230,6 +230,86 @@ def _stats_bytes(shape: Sequence[int], kernel_size: int, scales: int) -> int:
     return total
 
 
+def _pairwise_scales(volumes: torch.Tensor, kernel_size: int, scales: int | None,
+                     batch_size: int) -> int:
+    """Check the arguments of :func:`pairwise_ms_ssim`; the number of scales to use.
+
+    ``volumes`` is (N, C, D, H, W) with N >= 2; ``scales=None`` resolves to
+    :func:`max_ms_ssim_scales` of the spatial shape, which must fit at least one scale.
+    """
+    if volumes.ndim != 5:
+        raise ValueError(f"volumes must be (N, C, D, H, W), got {tuple(volumes.shape)}")
+    n = volumes.shape[0]
+    if n < 2:
+        raise ValueError(f"need at least 2 volumes for pairwise MS-SSIM, got {n}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if scales is None:
+        scales = max_ms_ssim_scales(volumes.shape[2:], kernel_size)
+        if scales == 0:
+            raise ValueError(f"volume shape {tuple(volumes.shape[2:])} is smaller than the "
+                             f"MS-SSIM kernel {kernel_size}")
+    fits = max_ms_ssim_scales(volumes.shape[2:], kernel_size, max_scales=scales)
+    if fits < scales:
+        raise ValueError(f"volume spatial shape {tuple(volumes.shape[2:])} too small for {scales} "
+                         f"MS-SSIM scales with kernel {kernel_size} (at most {fits} fit)")
+    return scales
+
+
+def _pick_pairs(n: int, max_pairs: int | None, generator: torch.Generator | None
+                ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The pairs to evaluate: ``(ii, jj, total)``, ii < jj int64 (k,), total = N(N-1)/2.
+
+    All pairs in row-major upper-triangle order, or ``max_pairs`` of them drawn without
+    replacement with ``generator`` (one ``randperm``), sorted back into that order.
+    """
+    ii, jj = torch.triu_indices(n, n, offset=1)
+    total = ii.numel()
+    if max_pairs is not None and max_pairs < total:
+        if max_pairs < 1:
+            raise ValueError(f"max_pairs must be >= 1, got {max_pairs}")
+        pick = torch.randperm(total, generator=generator)[:max_pairs].sort().values
+        ii, jj = ii[pick], jj[pick]
+    return ii, jj, total
+
+
+def _blocked_pair_values(volumes: torch.Tensor, ii: torch.Tensor, jj: torch.Tensor,
+                         g: torch.Tensor, w: torch.Tensor, c1: float, c2: float, scales: int,
+                         block: int, batch_size: int) -> torch.Tensor:
+    """MS-SSIM (k,) float64 on CPU of the pairs ``(ii[t], jj[t])`` of ``volumes`` (N, C, D, H, W).
+
+    Volumes are taken ``block`` at a time: the statistics of row block a are computed once,
+    those of each later column block b once per row block; pairs within a block pair are
+    evaluated ``batch_size`` at a time.
+    """
+    n = volumes.shape[0]
+    n_blocks = (n + block - 1) // block
+
+    def stats(lo: int) -> list[tuple[torch.Tensor, ...]]:
+        return _scale_stats(volumes[lo:lo + block].to(torch.float64), g, scales)
+
+    out = torch.empty(ii.numel(), dtype=torch.float64)
+    bi, bj = ii // block, jj // block
+    for a in range(0, n_blocks):
+        in_row = bi == a
+        if not bool(in_row.any()):
+            continue
+        sa = stats(a * block)
+        for b in range(a, n_blocks):
+            sel = torch.nonzero(in_row & (bj == b)).flatten()
+            if sel.numel() == 0:
+                continue
+            sb = sa if b == a else stats(b * block)
+            for start in range(0, sel.numel(), batch_size):
+                idx = sel[start:start + batch_size]
+                la = (ii[idx] - a * block).to(volumes.device)
+                lb = (jj[idx] - b * block).to(volumes.device)
+                sx = [tuple(t.index_select(0, la) for t in level) for level in sa]
+                sy = [tuple(t.index_select(0, lb) for t in level) for level in sb]
+                out[idx] = _cross_ms_ssim(sx, sy, g, w, c1, c2).cpu()
+    return out
+
+
 def pairwise_ms_ssim(volumes: torch.Tensor, *, kernel_size: int = 7, sigma: float = 1.5,
                      data_range: float = 1.0, scales: int | None = None,
                      max_pairs: int | None = None, generator: torch.Generator | None = None,
@@ -255,57 +335,15 @@ def pairwise_ms_ssim(volumes: torch.Tensor, *, kernel_size: int = 7, sigma: floa
     "kernel_size"}``, plus ``"values"`` (k,) float64 and ``"pairs"`` (k, 2) int64 numpy arrays
     with ``return_values`` (used by :func:`ms_ssim_bootstrap_ci`).
     """
-    if volumes.ndim != 5:
-        raise ValueError(f"volumes must be (N, C, D, H, W), got {tuple(volumes.shape)}")
+    scales = _pairwise_scales(volumes, kernel_size, scales, batch_size)
     n = volumes.shape[0]
-    if n < 2:
-        raise ValueError(f"need at least 2 volumes for pairwise MS-SSIM, got {n}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if scales is None:
-        scales = max_ms_ssim_scales(volumes.shape[2:], kernel_size)
-        if scales == 0:
-            raise ValueError(f"volume shape {tuple(volumes.shape[2:])} is smaller than the "
-                             f"MS-SSIM kernel {kernel_size}")
-    fits = max_ms_ssim_scales(volumes.shape[2:], kernel_size, max_scales=scales)
-    if fits < scales:
-        raise ValueError(f"volume spatial shape {tuple(volumes.shape[2:])} too small for {scales} "
-                         f"MS-SSIM scales with kernel {kernel_size} (at most {fits} fit)")
     w = _resolve_weights(scales, None)
-    ii, jj = torch.triu_indices(n, n, offset=1)
-    total = ii.numel()
-    if max_pairs is not None and max_pairs < total:
-        if max_pairs < 1:
-            raise ValueError(f"max_pairs must be >= 1, got {max_pairs}")
-        pick = torch.randperm(total, generator=generator)[:max_pairs].sort().values
-        ii, jj = ii[pick], jj[pick]
+    ii, jj, total = _pick_pairs(n, max_pairs, generator)
     g = _gaussian_1d(kernel_size, sigma).to(volumes.device)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     per_volume = _stats_bytes(volumes.shape[2:], kernel_size, scales) * volumes.shape[1]
     block = int(max(1, min(n, memory_budget_gb * 2 ** 30 // (2 * per_volume))))
-
-    def stats(lo: int) -> list[tuple[torch.Tensor, ...]]:
-        return _scale_stats(volumes[lo:lo + block].to(torch.float64), g, scales)
-
-    out = torch.empty(ii.numel(), dtype=torch.float64)
-    bi, bj = ii // block, jj // block
-    for a in range(0, (n + block - 1) // block):
-        in_row = bi == a
-        if not bool(in_row.any()):
-            continue
-        sa = stats(a * block)
-        for b in range(a, (n + block - 1) // block):
-            sel = torch.nonzero(in_row & (bj == b)).flatten()
-            if sel.numel() == 0:
-                continue
-            sb = sa if b == a else stats(b * block)
-            for start in range(0, sel.numel(), batch_size):
-                idx = sel[start:start + batch_size]
-                la = (ii[idx] - a * block).to(volumes.device)
-                lb = (jj[idx] - b * block).to(volumes.device)
-                sx = [tuple(t.index_select(0, la) for t in level) for level in sa]
-                sy = [tuple(t.index_select(0, lb) for t in level) for level in sb]
-                out[idx] = _cross_ms_ssim(sx, sy, g, w, c1, c2).cpu()
+    out = _blocked_pair_values(volumes, ii, jj, g, w, c1, c2, scales, block, batch_size)
     k = out.numel()
     se = float(out.std(unbiased=True)) / math.sqrt(k) * math.sqrt(1.0 - k / total) if k > 1 else 0.0
     res = {"mean": float(out.mean()), "std": float(out.std(unbiased=False)), "se": se,

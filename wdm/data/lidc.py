@@ -126,46 +126,36 @@ def read_ct_series(patient_dir: str | os.PathLike) -> tuple[list[Path], dict[str
     return series[ct[0]], {"series": ct[0], "n_ct_series": len(ct), "skipped_series": skipped}
 
 
-def read_dicom_series(files: list[Path], name: str | None = None
-                      ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Read one DICOM series into HU with its RAS affine.
+_Slice = tuple[Path, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
-    Slices are sorted by the projection of ``ImagePositionPatient`` on the slice normal
-    ``n = row × col`` (``ImageOrientationPatient``), so any file or instance order works and
-    oblique (rotated) series are placed exactly; a gantry tilt shows up as a sheared affine.
 
-    Returns:
-        ``(volume, affine, info)``: float32 ``(Columns, Rows, n_slices)`` in HU
-        (``stored · RescaleSlope + RescaleIntercept``), the 4×4 voxel-to-RAS affine, and a record
-        (slice spacing, pixel spacing, whether the files were in reverse order).
+def _read_slice(f: Path) -> _Slice:
+    """One DICOM file -> ``(file, orientation (6,), position (3,), pixel spacing (2,), HU)``.
 
-    Raises:
-        InputError: naming the series (or file) for unreadable/truncated pixel data, a missing tag,
-        mixed orientation or matrix size, duplicate slices, missing slices or inconsistent spacing.
+    HU is float32 (Rows, Columns): ``stored · RescaleSlope + RescaleIntercept``.
     """
-    name = name or str(Path(files[0]).parent)
     import pydicom
 
-    slices = []
-    for f in files:
-        try:
-            ds = pydicom.dcmread(str(f))
-            pix = ds.pixel_array
-        except Exception as exc:  # pydicom raises many types for truncated or corrupt files
-            raise InputError(f"{f}: unreadable DICOM pixel data ({type(exc).__name__}: {exc})") from exc
-        if pix.ndim != 2:
-            raise InputError(f"{f}: expected a 2D slice, got pixel data of shape {pix.shape}")
-        iop = np.asarray(_tag(ds, "ImageOrientationPatient", f), dtype=np.float64)
-        ipp = np.asarray(_tag(ds, "ImagePositionPatient", f), dtype=np.float64)
-        ps = np.asarray(_tag(ds, "PixelSpacing", f), dtype=np.float64)
-        if iop.shape != (6,) or ipp.shape != (3,) or ps.shape != (2,):
-            raise InputError(f"{f}: malformed ImageOrientationPatient/ImagePositionPatient/PixelSpacing")
-        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-        inter = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-        hu = pix.astype(np.float32) * np.float32(slope) + np.float32(inter)
-        slices.append((f, iop, ipp, ps, hu))
-    if len(slices) < 2:
-        raise InputError(f"{name}: a series of {len(slices)} slice(s) is not a 3D volume")
+    try:
+        ds = pydicom.dcmread(str(f))
+        pix = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types for truncated or corrupt files
+        raise InputError(f"{f}: unreadable DICOM pixel data ({type(exc).__name__}: {exc})") from exc
+    if pix.ndim != 2:
+        raise InputError(f"{f}: expected a 2D slice, got pixel data of shape {pix.shape}")
+    iop = np.asarray(_tag(ds, "ImageOrientationPatient", f), dtype=np.float64)
+    ipp = np.asarray(_tag(ds, "ImagePositionPatient", f), dtype=np.float64)
+    ps = np.asarray(_tag(ds, "PixelSpacing", f), dtype=np.float64)
+    if iop.shape != (6,) or ipp.shape != (3,) or ps.shape != (2,):
+        raise InputError(f"{f}: malformed ImageOrientationPatient/ImagePositionPatient/PixelSpacing")
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+    inter = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    hu = pix.astype(np.float32) * np.float32(slope) + np.float32(inter)
+    return f, iop, ipp, ps, hu
+
+
+def _check_same_geometry(slices: list[_Slice]) -> None:
+    """Every slice must share the first one's orientation, matrix size and pixel spacing."""
     f0, iop0, _, ps0, hu0 = slices[0]
     for f, iop, _, ps, hu in slices[1:]:
         if not np.allclose(iop, iop0, atol=1e-4):
@@ -174,13 +164,14 @@ def read_dicom_series(files: list[Path], name: str | None = None
         if hu.shape != hu0.shape or not np.allclose(ps, ps0, rtol=1e-4):
             raise InputError(f"{f}: matrix {hu.shape} / PixelSpacing {ps.tolist()} differs from {f0} "
                              f"({hu0.shape} / {ps0.tolist()})")
-    row, col = iop0[:3], iop0[3:]
-    normal = np.cross(row, col)
-    pos = np.array([s[2] @ normal for s in slices])
-    order = np.argsort(pos, kind="stable")
-    reversed_files = bool(pos[0] > pos[-1])
-    slices = [slices[i] for i in order]
-    pos = pos[order]
+
+
+def _check_gaps(name: str, slices: list[_Slice], pos: np.ndarray) -> float:
+    """The median slice gap in mm of slices sorted by position ``pos`` (n,) along the normal.
+
+    Raises :class:`InputError` for duplicate slices, missing slices (a gap near a multiple of
+    the median) or otherwise inconsistent spacing.
+    """
     gaps = np.diff(pos)
     dup = np.flatnonzero(gaps < DUPLICATE_TOL_MM)
     if dup.size:
@@ -201,12 +192,52 @@ def read_dicom_series(files: list[Path], name: str | None = None
         raise InputError(f"{name}: inconsistent slice spacing: gaps from {gaps.min():.3f} to "
                          f"{gaps.max():.3f} mm (median {step:.3f} mm; first outlier between "
                          f"{slices[i][0].name} and {slices[i + 1][0].name})")
-    vol = np.stack([s[4] for s in slices], axis=-1).transpose(1, 0, 2)  # (Columns, Rows, slices)
+    return step
+
+
+def _series_lps_affine(row: np.ndarray, col: np.ndarray, ps: np.ndarray,
+                       slices: list[_Slice]) -> np.ndarray:
+    """4×4 voxel-to-LPS affine of sorted ``slices`` stacked as (Columns, Rows, n_slices)."""
     lps = np.eye(4)
-    lps[:3, 0] = row * ps0[1]  # along a row: next column, spacing PixelSpacing[1]
-    lps[:3, 1] = col * ps0[0]  # down a column: next row, spacing PixelSpacing[0]
+    lps[:3, 0] = row * ps[1]  # along a row: next column, spacing PixelSpacing[1]
+    lps[:3, 1] = col * ps[0]  # down a column: next row, spacing PixelSpacing[0]
     lps[:3, 2] = (slices[-1][2] - slices[0][2]) / (len(slices) - 1)
     lps[:3, 3] = slices[0][2]
+    return lps
+
+
+def read_dicom_series(files: list[Path], name: str | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read one DICOM series into HU with its RAS affine.
+
+    Slices are sorted by the projection of ``ImagePositionPatient`` on the slice normal
+    ``n = row × col`` (``ImageOrientationPatient``), so any file or instance order works and
+    oblique (rotated) series are placed exactly; a gantry tilt shows up as a sheared affine.
+
+    Returns:
+        ``(volume, affine, info)``: float32 ``(Columns, Rows, n_slices)`` in HU
+        (``stored · RescaleSlope + RescaleIntercept``), the 4×4 voxel-to-RAS affine, and a record
+        (slice spacing, pixel spacing, whether the files were in reverse order).
+
+    Raises:
+        InputError: naming the series (or file) for unreadable/truncated pixel data, a missing tag,
+        mixed orientation or matrix size, duplicate slices, missing slices or inconsistent spacing.
+    """
+    name = name or str(Path(files[0]).parent)
+    slices = [_read_slice(f) for f in files]
+    if len(slices) < 2:
+        raise InputError(f"{name}: a series of {len(slices)} slice(s) is not a 3D volume")
+    _check_same_geometry(slices)
+    iop0, ps0 = slices[0][1], slices[0][3]
+    row, col = iop0[:3], iop0[3:]
+    normal = np.cross(row, col)
+    pos = np.array([s[2] @ normal for s in slices])
+    order = np.argsort(pos, kind="stable")
+    reversed_files = bool(pos[0] > pos[-1])
+    slices = [slices[i] for i in order]
+    step = _check_gaps(name, slices, pos[order])
+    vol = np.stack([s[4] for s in slices], axis=-1).transpose(1, 0, 2)  # (Columns, Rows, slices)
+    lps = _series_lps_affine(row, col, ps0, slices)
     info = {
         "n_slices": len(slices),
         "pixel_spacing_mm": ps0.tolist(),
@@ -288,6 +319,43 @@ def _series_digest(files: list[Path]) -> str:
     return h.hexdigest()
 
 
+def _read_case(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``(volume in HU, voxel-to-RAS affine, record)`` of a patient folder or a NIfTI file.
+
+    The record holds the source digest and file count, and for DICOM the series record of
+    :func:`read_ct_series` and :func:`read_dicom_series`.
+    """
+    if path.is_dir():
+        files, info = read_ct_series(path)
+        vol, affine, sinfo = read_dicom_series(files, name=f"{path} (series {info['series']})")
+        info.update(sinfo)
+        info["source_sha256"] = _series_digest(files)
+        info["source_files"] = len(files)
+    else:
+        vol, affine = load_nifti(path)
+        info = {"source_sha256": sha256_file(path), "source_files": 1}
+    return vol, affine, info
+
+
+def _resample_into_cube(vol: np.ndarray, affine: np.ndarray, cube: int, spacing: float,
+                        hu_min: float) -> tuple[np.ndarray, np.ndarray, tuple[int, ...],
+                                                tuple[slice, ...], np.ndarray]:
+    """Resample the centre window of ``vol`` that survives the crop and pad it to ``cube``³.
+
+    Returns ``(box, affine, full, content, offset)``: float32 (cube, cube, cube) in HU padded
+    with ``hu_min``, its affine, the shape of the whole isotropic grid, the slices of ``box``
+    holding resampled data, and the offset (3,) int (output voxel j = full-grid voxel j - offset).
+    """
+    full, grid_aff = isotropic_grid(vol.shape, affine, spacing)
+    start = np.array([max((n - cube) // 2, 0) for n in full])
+    win = tuple(min(n, cube) for n in full)
+    iso = resample_to_grid(vol, affine, win, shift_affine(grid_aff, -start), order=3, cval=hu_min)
+    box, pad = pad_or_crop(iso, cube, pad_value=hu_min)
+    offset = pad - start
+    content = tuple(slice(int(p), int(p) + n) for p, n in zip(pad, win, strict=True))
+    return box, shift_affine(grid_aff, offset), full, content, offset
+
+
 def preprocess_lidc_case(path: str | os.PathLike, *, size: int = 128, cube: int = CUBE,
                          spacing: float = 1.0, hu_min: float = AIR_HU,
                          clip_percentile: float = CLIP_PERCENTILE
@@ -309,27 +377,11 @@ def preprocess_lidc_case(path: str | os.PathLike, *, size: int = 128, cube: int 
     if size < 1 or cube % size:
         raise InputError(f"output size {size} must divide the cube side {cube}")
     path = Path(path)
-    if path.is_dir():
-        files, info = read_ct_series(path)
-        vol, affine, sinfo = read_dicom_series(files, name=f"{path} (series {info['series']})")
-        info.update(sinfo)
-        info["source_sha256"] = _series_digest(files)
-        info["source_files"] = len(files)
-    else:
-        vol, affine = load_nifti(path)
-        info = {"source_sha256": sha256_file(path), "source_files": 1}
+    vol, affine, info = _read_case(path)
     vol = check_volume(vol, str(path))
     if vol.min() == vol.max():
         raise InputError(f"{path}: constant volume (every voxel is {float(vol.min()):g} HU)")
-    # Only the centre window that survives the crop to the cube is resampled.
-    full, grid_aff = isotropic_grid(vol.shape, affine, spacing)
-    start = np.array([max((n - cube) // 2, 0) for n in full])
-    win = tuple(min(n, cube) for n in full)
-    iso = resample_to_grid(vol, affine, win, shift_affine(grid_aff, -start), order=3, cval=hu_min)
-    box, pad = pad_or_crop(iso, cube, pad_value=hu_min)
-    offset = pad - start  # output voxel j = full-grid voxel j - offset
-    aff = shift_affine(grid_aff, offset)
-    content = tuple(slice(int(p), int(p) + n) for p, n in zip(pad, win, strict=True))
+    box, aff, full, content, offset = _resample_into_cube(vol, affine, cube, spacing, hu_min)
     np.maximum(box, hu_min, out=box)
     top = float(np.percentile(box[content], clip_percentile))
     np.minimum(box, top, out=box)

@@ -236,6 +236,66 @@ def _add_lesion(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray,
     img[box] = region * (1.0 - cw) + value * cw
 
 
+def _warp_coords(rng: np.random.Generator, n: int, s: int, work_mm: float) -> np.ndarray:
+    """Sampling positions (3, S, S, S) float64, in N-grid voxels, of a random warp of the work grid.
+
+    ``x_N = c + A (u - c) + t + d(u)``: u the S-grid voxel centres in N-grid units, A a rotation
+    (≤ 8° per axis) times a scaling (±6 % overall, ±2 % per axis), t a shift (±3 mm) and d a
+    smooth displacement field (2–5 mm scale). Draws, in order: angles, scales, shift, amplitude,
+    the displacement control grid.
+    """
+    c = (n - 1) / 2.0
+    angles = np.deg2rad(rng.uniform(-8.0, 8.0, size=3))
+    scales = rng.uniform(0.94, 1.06) * rng.uniform(0.98, 1.02, size=3)
+    a = _rotation(angles) @ np.diag(scales)
+    shift = rng.uniform(-3.0, 3.0, size=3) / work_mm
+    amp = rng.uniform(2.0, 5.0) / work_mm  # displacement scale, mm → work voxels
+    coords = _smooth_field(rng, 6, (s, s, s), channels=3) * amp
+    u = (np.arange(s, dtype=np.float64) + 0.5) * (n / s) - 0.5 - c
+    for i in range(3):
+        coords[i] += (c + shift[i]
+                      + a[i, 0] * u[:, None, None] + a[i, 1] * u[None, :, None]
+                      + a[i, 2] * u[None, None, :])
+    return coords
+
+
+def _contrast_and_warp(rng: np.random.Generator, templates: dict[str, Any],
+                       coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(image, mask)`` float64 (S, S, S): the templates with random contrast, warped to ``coords``.
+
+    The per-tissue gain ``1 + c_gm·gm + c_wm·wm`` is applied on the template grid (linear, so
+    before warping); then a random gamma. Draws, in order: c_gm and c_wm, the gamma.
+    """
+    c_gm, c_wm = rng.uniform(-0.1, 0.1, size=2)
+    t1 = templates["t1"] * (1.0 + c_gm * templates["gm"] + c_wm * templates["wm"])
+    img = ndi.map_coordinates(t1.astype(np.float32), coords, order=1, mode="constant",
+                              output=np.float32).astype(np.float64)
+    mask = ndi.map_coordinates(templates["mask"], coords, order=1, mode="constant",
+                               output=np.float32).astype(np.float64)
+    img = np.clip(img, 0.0, None) ** rng.uniform(0.8, 1.25)
+    return img, mask
+
+
+def _bias_pool_noise(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray,
+                     size: int, f: int) -> np.ndarray:
+    """Bias field, masking, f× block-averaging of (S, S, S) to (size,)³, noise, scaling to [0, 1].
+
+    Returns float32 ``(size, size, size)``, clipped at the 99.9th percentile of the brain. Draws,
+    in order: bias strength, bias control grid, noise level, noise.
+    """
+    s = img.shape[0]
+    img *= np.exp(rng.uniform(0.03, 0.12) * _smooth_field(rng, 4, (s, s, s))[0])
+    img *= mask
+    if f > 1:
+        img = img.reshape(size, f, size, f, size, f).mean(axis=(1, 3, 5))
+        mask = mask.reshape(size, f, size, f, size, f).mean(axis=(1, 3, 5))
+    img += rng.uniform(0.005, 0.02) * rng.standard_normal(img.shape) * mask
+    brain = img[mask > 0.5]
+    hi = float(np.percentile(brain, 99.9)) if brain.size else float(img.max())
+    img = np.clip(img / hi, 0.0, 1.0) if hi > 0 else np.zeros_like(img)
+    return img.astype(np.float32)
+
+
 def make_phantom(rng: np.random.Generator, size: int, *, lesion_prob: float = 0.5,
                  templates: dict[str, Any] | None = None) -> np.ndarray:
     """One random brain-like T1 volume.
@@ -257,32 +317,11 @@ def make_phantom(rng: np.random.Generator, size: int, *, lesion_prob: float = 0.
     f = max(1, round(n / size))  # super-sampling factor: sample on S = f·size, then block-average
     s = f * size
     spacing = float(templates["extent_mm"]) / s  # mm per S-grid voxel
-    work_mm = float(templates["spacing_mm"])
 
-    # --- geometry: x_N = c + A (u - c) + t + d(u), u = S-grid voxel centres in N-grid units.
-    c = (n - 1) / 2.0
-    angles = np.deg2rad(rng.uniform(-8.0, 8.0, size=3))
-    scales = rng.uniform(0.94, 1.06) * rng.uniform(0.98, 1.02, size=3)
-    a = _rotation(angles) @ np.diag(scales)
-    shift = rng.uniform(-3.0, 3.0, size=3) / work_mm
-    amp = rng.uniform(2.0, 5.0) / work_mm  # displacement scale, mm → work voxels
-    disp = _smooth_field(rng, 6, (s, s, s), channels=3) * amp
-    u = (np.arange(s, dtype=np.float64) + 0.5) * (n / s) - 0.5 - c
-    coords = disp
-    for i in range(3):
-        coords[i] += (c + shift[i]
-                      + a[i, 0] * u[:, None, None] + a[i, 1] * u[None, :, None]
-                      + a[i, 2] * u[None, None, :])
-
-    # --- contrast: per-tissue gain applied on the template grid (linear, so before warping).
-    c_gm, c_wm = rng.uniform(-0.1, 0.1, size=2)
-    t1 = templates["t1"] * (1.0 + c_gm * templates["gm"] + c_wm * templates["wm"])
-    img = ndi.map_coordinates(t1.astype(np.float32), coords, order=1, mode="constant",
-                              output=np.float32).astype(np.float64)
-    mask = ndi.map_coordinates(templates["mask"], coords, order=1, mode="constant",
-                               output=np.float32).astype(np.float64)
-    del coords, disp
-    img = np.clip(img, 0.0, None) ** rng.uniform(0.8, 1.25)
+    # --- geometry and contrast
+    coords = _warp_coords(rng, n, s, float(templates["spacing_mm"]))
+    img, mask = _contrast_and_warp(rng, templates, coords)
+    del coords
 
     # --- lesions
     if rng.random() < lesion_prob:
@@ -291,16 +330,7 @@ def make_phantom(rng: np.random.Generator, size: int, *, lesion_prob: float = 0.
             _add_lesion(rng, img, mask, spacing, level)
 
     # --- bias field, block-average to the output grid, noise, normalisation
-    img *= np.exp(rng.uniform(0.03, 0.12) * _smooth_field(rng, 4, (s, s, s))[0])
-    img *= mask
-    if f > 1:
-        img = img.reshape(size, f, size, f, size, f).mean(axis=(1, 3, 5))
-        mask = mask.reshape(size, f, size, f, size, f).mean(axis=(1, 3, 5))
-    img += rng.uniform(0.005, 0.02) * rng.standard_normal(img.shape) * mask
-    brain = img[mask > 0.5]
-    hi = float(np.percentile(brain, 99.9)) if brain.size else float(img.max())
-    img = np.clip(img / hi, 0.0, 1.0) if hi > 0 else np.zeros_like(img)
-    return img.astype(np.float32)
+    return _bias_pool_noise(rng, img, mask, size, f)
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,6 +352,64 @@ def _check_out(out: Path, overwrite: bool) -> None:
                          "(use overwrite=True to replace it)")
 
 
+def _check_phantom_args(size: int, n_train: int, n_test: int, seed: int,
+                        lesion_prob: float) -> None:
+    """Refuse a size outside :data:`ALLOWED_SIZES` and non-integer or out-of-range arguments."""
+    if size not in ALLOWED_SIZES:
+        raise InputError(f"size must be one of {list(ALLOWED_SIZES)}, got {size!r}")
+    for name, val, least in (("n_train", n_train, 1), ("n_test", n_test, 0)):
+        if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < least:
+            raise InputError(f"{name} must be an integer >= {least}, got {val!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    if not 0.0 <= float(lesion_prob) <= 1.0:
+        raise InputError(f"lesion_prob must lie in [0, 1], got {lesion_prob}")
+
+
+def _write_phantoms(tmp: Path, size: int, n_train: int, n_test: int, seed: int,
+                    lesion_prob: float, templates: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Generate and save volumes ``0 … n_train + n_test - 1`` under ``tmp``; the manifest rows.
+
+    Volume ``i`` is drawn with its own generator from ``SeedSequence(seed).spawn(...)[i]``; the
+    first ``n_train`` go to ``train/``, the rest to ``test/``.
+    """
+    from tqdm import tqdm
+
+    affine = phantom_affine(size, templates["extent_mm"])
+    seeds = np.random.SeedSequence(int(seed)).spawn(n_train + n_test)
+    rows = []
+    for i in tqdm(range(n_train + n_test), desc=f"{DATASET_NAME} {size}³", unit="vol"):
+        split = "train" if i < n_train else "test"
+        vol = make_phantom(np.random.default_rng(seeds[i]), size, lesion_prob=lesion_prob,
+                           templates=templates)
+        rel = f"{split}/{DATASET_NAME}_{i:04d}.nii.gz"
+        save_nifti(tmp / rel, vol, affine)
+        rows.append((rel, split, "x".join(map(str, vol.shape)), sha256_file(tmp / rel)))
+    return rows
+
+
+def _phantom_record(size: int, n_train: int, n_test: int, seed: int, lesion_prob: float,
+                    extent_mm: float, sources: dict[str, str]) -> dict[str, Any]:
+    """The ``dataset.json`` of ``phantom-brain``: parameters, geometry, templates, code version."""
+    spacing = extent_mm / size
+    return {
+        "name": DATASET_NAME,
+        "size": size,
+        "shape": [size] * 3,
+        "n_train": int(n_train),
+        "n_test": int(n_test),
+        "seed": int(seed),
+        "lesion_prob": float(lesion_prob),
+        "voxel_spacing_mm": [spacing] * 3,
+        "extent_mm": extent_mm,
+        "value_range": [0.0, 1.0],
+        "axes": "x (left->right), y (posterior->anterior), z (inferior->superior)",
+        "template_source": {"package": NILEARN_REQUIREMENT, "files": sources},
+        "generator": "wdm.data.phantom.make_phantom",
+        "code_version": code_version(),
+    }
+
+
 def make_phantom_dataset(out: str | os.PathLike, *, size: int = 32, n_train: int = 40,
                          n_test: int = 20, seed: int = 0, lesion_prob: float = 0.5,
                          overwrite: bool = False) -> Path:
@@ -334,55 +422,21 @@ def make_phantom_dataset(out: str | os.PathLike, *, size: int = 32, n_train: int
     so the same arguments give byte-identical files. Everything is built in a hidden sibling
     folder that is renamed to ``out`` only when complete; on failure it is removed.
     """
-    from tqdm import tqdm
-
-    if size not in ALLOWED_SIZES:
-        raise InputError(f"size must be one of {list(ALLOWED_SIZES)}, got {size!r}")
-    for name, val, least in (("n_train", n_train, 1), ("n_test", n_test, 0)):
-        if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < least:
-            raise InputError(f"{name} must be an integer >= {least}, got {val!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
-    if not 0.0 <= float(lesion_prob) <= 1.0:
-        raise InputError(f"lesion_prob must lie in [0, 1], got {lesion_prob}")
+    _check_phantom_args(size, n_train, n_test, seed, lesion_prob)
     out = Path(out)
     _check_out(out, overwrite)
 
     t0 = time.perf_counter()
     templates = load_mni_templates(size)
     sources = template_sources()
-    affine = phantom_affine(size, templates["extent_mm"])
-    seeds = np.random.SeedSequence(int(seed)).spawn(n_train + n_test)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        rows = []
-        for i in tqdm(range(n_train + n_test), desc=f"{DATASET_NAME} {size}³", unit="vol"):
-            split = "train" if i < n_train else "test"
-            vol = make_phantom(np.random.default_rng(seeds[i]), size, lesion_prob=lesion_prob,
-                               templates=templates)
-            rel = f"{split}/{DATASET_NAME}_{i:04d}.nii.gz"
-            save_nifti(tmp / rel, vol, affine)
-            rows.append((rel, split, "x".join(map(str, vol.shape)), sha256_file(tmp / rel)))
+        rows = _write_phantoms(tmp, size, n_train, n_test, seed, lesion_prob, templates)
         write_text_atomic(tmp / "manifest.csv", "file,split,shape,sha256\n"
                           + "".join(",".join(r) + "\n" for r in rows))
-        spacing = templates["extent_mm"] / size
-        write_json_atomic(tmp / "dataset.json", {
-            "name": DATASET_NAME,
-            "size": size,
-            "shape": [size] * 3,
-            "n_train": int(n_train),
-            "n_test": int(n_test),
-            "seed": int(seed),
-            "lesion_prob": float(lesion_prob),
-            "voxel_spacing_mm": [spacing] * 3,
-            "extent_mm": templates["extent_mm"],
-            "value_range": [0.0, 1.0],
-            "axes": "x (left->right), y (posterior->anterior), z (inferior->superior)",
-            "template_source": {"package": NILEARN_REQUIREMENT, "files": sources},
-            "generator": "wdm.data.phantom.make_phantom",
-            "code_version": code_version(),
-        })
+        write_json_atomic(tmp / "dataset.json", _phantom_record(
+            size, n_train, n_test, seed, lesion_prob, templates["extent_mm"], sources))
         _swap_into_place(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -84,44 +84,59 @@ def prepare(dataset: str, out: str | os.PathLike, *, source: str | os.PathLike |
     if source is None:
         raise InputError(f"{dataset} needs source= (the folder of the raw data set)")
     if dataset == "brats":
-        from wdm.data import brats
-
-        mod = modality or "t1n"
-        if mod not in brats.MODALITIES:
-            raise InputError(f"unknown BraTS modality {mod!r}; allowed: {', '.join(brats.MODALITIES)}")
-        side = brats.CUBE if cube is None else int(cube)
-        _check_size(size, side)
-        cases = brats.find_brats_cases(source)
-
-        def fn(path: Path) -> Any:
-            return brats.preprocess_brats_case(path, modality=mod, size=size, cube=side)
-
-        params: dict[str, Any] = {"modality": mod, "clip_percentiles": list(brats.CLIP_PERCENTILES),
-                                  "pad_value": 0.0, "steps": [
-                                      "percentile clip", "min-max [0, 1]", "zero-pad to cube",
-                                      "average-pool"]}
+        side, cases, fn, params = _brats_job(source, size, cube, modality)
     elif dataset == "lidc":
-        from wdm.data import lidc
-
-        if modality is not None:
-            raise InputError(f"modality applies to brats only (got {modality!r} for lidc)")
-        side = lidc.CUBE if cube is None else int(cube)
-        _check_size(size, side)
-        cases = lidc.find_lidc_cases(source)
-
-        def fn(path: Path) -> Any:
-            return lidc.preprocess_lidc_case(path, size=size, cube=side)
-
-        params = {"spacing_mm": 1.0, "interpolation": "cubic spline (order 3)",
-                  "hu_min": lidc.AIR_HU, "clip_percentile": lidc.CLIP_PERCENTILE,
-                  "pad_value": lidc.AIR_HU, "steps": [
-                      "DICOM series -> HU", "resample 1 mm isotropic", "crop/pad to cube",
-                      "HU < -1000 -> -1000", "clip at percentile", "min-max [0, 1]", "average-pool"]}
+        side, cases, fn, params = _lidc_job(source, size, cube, modality)
     else:  # pragma: no cover
         raise AssertionError(f"unhandled data set {dataset!r}")
     return build_real_dataset(dataset, out, cases, fn, source=source, size=size, cube=side,
                               seed=seed, n_train=n_train, n_test=n_test, overwrite=overwrite,
                               strict=strict, threads=threads, params=params, progress=progress)
+
+
+_Job = tuple[int, list[tuple[str, Path]], Callable[[Path], Any], dict[str, Any]]
+
+
+def _brats_job(source: str | os.PathLike, size: int, cube: int | None, modality: str | None) -> _Job:
+    """``(cube side, cases, case -> (volume, affine, record), preprocessing record)`` of BraTS."""
+    from wdm.data import brats
+
+    mod = modality or "t1n"
+    if mod not in brats.MODALITIES:
+        raise InputError(f"unknown BraTS modality {mod!r}; allowed: {', '.join(brats.MODALITIES)}")
+    side = brats.CUBE if cube is None else int(cube)
+    _check_size(size, side)
+    cases = brats.find_brats_cases(source)
+
+    def fn(path: Path) -> Any:
+        return brats.preprocess_brats_case(path, modality=mod, size=size, cube=side)
+
+    params: dict[str, Any] = {"modality": mod, "clip_percentiles": list(brats.CLIP_PERCENTILES),
+                              "pad_value": 0.0, "steps": [
+                                  "percentile clip", "min-max [0, 1]", "zero-pad to cube",
+                                  "average-pool"]}
+    return side, cases, fn, params
+
+
+def _lidc_job(source: str | os.PathLike, size: int, cube: int | None, modality: str | None) -> _Job:
+    """``(cube side, cases, case -> (volume, affine, record), preprocessing record)`` of LIDC-IDRI."""
+    from wdm.data import lidc
+
+    if modality is not None:
+        raise InputError(f"modality applies to brats only (got {modality!r} for lidc)")
+    side = lidc.CUBE if cube is None else int(cube)
+    _check_size(size, side)
+    cases = lidc.find_lidc_cases(source)
+
+    def fn(path: Path) -> Any:
+        return lidc.preprocess_lidc_case(path, size=size, cube=side)
+
+    params = {"spacing_mm": 1.0, "interpolation": "cubic spline (order 3)",
+              "hu_min": lidc.AIR_HU, "clip_percentile": lidc.CLIP_PERCENTILE,
+              "pad_value": lidc.AIR_HU, "steps": [
+                  "DICOM series -> HU", "resample 1 mm isotropic", "crop/pad to cube",
+                  "HU < -1000 -> -1000", "clip at percentile", "min-max [0, 1]", "average-pool"]}
+    return side, cases, fn, params
 
 
 def _check_size(size: int, cube: int) -> None:
@@ -136,6 +151,88 @@ def split_key(seed: int, case: str) -> str:
     another case between train and test.
     """
     return hashlib.sha256(f"{int(seed)}:{case}".encode()).hexdigest()
+
+
+def _check_real_args(cases: list[tuple[str, Path]], source: str | os.PathLike,
+                     n_train: int | None, n_test: int, threads: int) -> None:
+    """Refuse bad split sizes or thread counts, and too few cases for ``n_test``."""
+    for name, val, least in (("n_test", n_test, 1), ("threads", threads, 1)):
+        if not isinstance(val, int) or isinstance(val, bool) or val < least:
+            raise InputError(f"{name} must be an integer >= {least}, got {val!r}")
+    if n_train is not None and (not isinstance(n_train, int) or n_train < 1):
+        raise InputError(f"n_train must be null (all) or an integer >= 1, got {n_train!r}")
+    if len(cases) < n_test + 1:
+        raise InputError(f"{source}: {len(cases)} case(s) found; n_test={n_test} needs at least "
+                         f"{n_test + 1}")
+
+
+def _case_worker(fn: Callable[[Path], tuple[Any, Any, dict[str, Any]]], staging: Path,
+                 strict: bool) -> Callable[[tuple[str, Path]], dict[str, Any]]:
+    """The per-case job: run ``fn``, save the volume to ``staging/<case>.nii.gz``, describe it.
+
+    The job returns ``{case, path, record, shape, sha256}``, or ``{case, path, excluded}`` with
+    the message of an :class:`InputError` (re-raised, naming the case, with ``strict``).
+    """
+    def one(case: tuple[str, Path]) -> dict[str, Any]:
+        cid, path = case
+        try:
+            vol, aff, rec = fn(path)
+        except InputError as exc:
+            if strict:
+                raise InputError(f"{exc} [case {cid}; strict: exclusions are errors]") from exc
+            log.warning("excluding %s: %s", cid, exc)
+            return {"case": cid, "path": path, "excluded": str(exc)}
+        dest = staging / f"{cid}.nii.gz"
+        save_nifti(dest, vol, aff)
+        return {"case": cid, "path": path, "record": rec, "shape": "x".join(map(str, vol.shape)),
+                "sha256": sha256_file(dest)}
+
+    return one
+
+
+def _move_into_splits(tmp: Path, staging: Path, source: Path,
+                      splits: tuple[tuple[str, list[dict[str, Any]]], ...]) -> list[list[str]]:
+    """Move each staged volume into ``tmp/<split>/``; the manifest rows, cases sorted per split."""
+    rows = []
+    for split, group in splits:
+        (tmp / split).mkdir()
+        for r in sorted(group, key=lambda r: r["case"]):
+            rel = f"{split}/{r['case']}.nii.gz"
+            os.replace(staging / f"{r['case']}.nii.gz", tmp / rel)
+            rows.append([rel, split, r["shape"], r["sha256"], r["case"],
+                         _rel(Path(r["record"]["source"]), source), r["record"]["source_sha256"]])
+    return rows
+
+
+def _real_dataset_record(dataset: str, source: Path, n_found: int, kept: list[dict[str, Any]],
+                         excluded: list[dict[str, Any]], train: list[dict[str, Any]],
+                         test: list[dict[str, Any]], unused: list[str], *, size: int, cube: int,
+                         seed: int, strict: bool, params: dict[str, Any]) -> dict[str, Any]:
+    """The ``dataset.json`` of a real data set: parameters, split, per-case records, code version."""
+    return {
+        "name": dataset,
+        "size": size,
+        "shape": [size] * 3,
+        "cube": cube,
+        "value_range": [0.0, 1.0],
+        "source": str(source.resolve()),
+        "n_found": n_found,
+        "n_excluded": len(excluded),
+        "n_train": len(train),
+        "n_test": len(test),
+        "n_unused": len(unused),
+        "seed": int(seed),
+        "split": "cases sorted by sha256(f'{seed}:{case}'); the first n_test are the test set, "
+                 "the next n_train (all when null) the training set",
+        "test_cases": sorted(r["case"] for r in test),
+        "unused_cases": unused,
+        "padded_cases": sorted(r["case"] for r in kept if r["record"].get("padded")),
+        "cropped_cases": sorted(r["case"] for r in kept if r["record"].get("cropped")),
+        "strict": bool(strict),
+        "preprocessing": params,
+        "cases": {r["case"]: r["record"] for r in kept},
+        "code_version": code_version(),
+    }
 
 
 def build_real_dataset(dataset: str, out: str | os.PathLike, cases: list[tuple[str, Path]],
@@ -154,14 +251,7 @@ def build_real_dataset(dataset: str, out: str | os.PathLike, cases: list[tuple[s
     """
     from wdm.data.phantom import _check_out, _swap_into_place
 
-    for name, val, least in (("n_test", n_test, 1), ("threads", threads, 1)):
-        if not isinstance(val, int) or isinstance(val, bool) or val < least:
-            raise InputError(f"{name} must be an integer >= {least}, got {val!r}")
-    if n_train is not None and (not isinstance(n_train, int) or n_train < 1):
-        raise InputError(f"n_train must be null (all) or an integer >= 1, got {n_train!r}")
-    if len(cases) < n_test + 1:
-        raise InputError(f"{source}: {len(cases)} case(s) found; n_test={n_test} needs at least "
-                         f"{n_test + 1}")
+    _check_real_args(cases, source, n_train, n_test, threads)
     out = Path(out)
     source = Path(source)
     _check_out(out, overwrite)
@@ -170,24 +260,9 @@ def build_real_dataset(dataset: str, out: str | os.PathLike, cases: list[tuple[s
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     staging = tmp / "staging"
     staging.mkdir()
-
-    def one(case: tuple[str, Path]) -> dict[str, Any]:
-        cid, path = case
-        try:
-            vol, aff, rec = fn(path)
-        except InputError as exc:
-            if strict:
-                raise InputError(f"{exc} [case {cid}; strict: exclusions are errors]") from exc
-            log.warning("excluding %s: %s", cid, exc)
-            return {"case": cid, "path": path, "excluded": str(exc)}
-        dest = staging / f"{cid}.nii.gz"
-        save_nifti(dest, vol, aff)
-        return {"case": cid, "path": path, "record": rec, "shape": "x".join(map(str, vol.shape)),
-                "sha256": sha256_file(dest)}
-
     try:
-        results = run_parallel(one, cases, threads=threads, desc=f"{dataset} {size}³",
-                                progress=progress)
+        results = run_parallel(_case_worker(fn, staging, strict), cases, threads=threads,
+                               desc=f"{dataset} {size}³", progress=progress)
         excluded = [r for r in results if "excluded" in r]
         kept = [r for r in results if "excluded" not in r]
         if len(kept) < n_test + 1:
@@ -196,43 +271,15 @@ def build_real_dataset(dataset: str, out: str | os.PathLike, cases: list[tuple[s
         ordered = sorted(kept, key=lambda r: split_key(seed, r["case"]))
         test = ordered[:n_test]
         train = ordered[n_test:] if n_train is None else ordered[n_test:n_test + n_train]
-        rows = []
-        for split, group in (("train", train), ("test", test)):
-            (tmp / split).mkdir()
-            for r in sorted(group, key=lambda r: r["case"]):
-                rel = f"{split}/{r['case']}.nii.gz"
-                os.replace(staging / f"{r['case']}.nii.gz", tmp / rel)
-                rows.append([rel, split, r["shape"], r["sha256"], r["case"],
-                             _rel(Path(r["record"]["source"]), source), r["record"]["source_sha256"]])
+        rows = _move_into_splits(tmp, staging, source, (("train", train), ("test", test)))
         shutil.rmtree(staging)
         _write_csv(tmp / MANIFEST, MANIFEST_COLUMNS + SOURCE_COLUMNS, rows)
         _write_csv(tmp / EXCLUDED, ("case", "source", "reason"),
                    [[r["case"], _rel(r["path"], source), r["excluded"]] for r in excluded])
         unused = sorted(r["case"] for r in ordered[n_test + len(train):])
-        write_json_atomic(tmp / "dataset.json", {
-            "name": dataset,
-            "size": size,
-            "shape": [size] * 3,
-            "cube": cube,
-            "value_range": [0.0, 1.0],
-            "source": str(source.resolve()),
-            "n_found": len(cases),
-            "n_excluded": len(excluded),
-            "n_train": len(train),
-            "n_test": len(test),
-            "n_unused": len(unused),
-            "seed": int(seed),
-            "split": "cases sorted by sha256(f'{seed}:{case}'); the first n_test are the test set, "
-                     "the next n_train (all when null) the training set",
-            "test_cases": sorted(r["case"] for r in test),
-            "unused_cases": unused,
-            "padded_cases": sorted(r["case"] for r in kept if r["record"].get("padded")),
-            "cropped_cases": sorted(r["case"] for r in kept if r["record"].get("cropped")),
-            "strict": bool(strict),
-            "preprocessing": params,
-            "cases": {r["case"]: r["record"] for r in kept},
-            "code_version": code_version(),
-        })
+        write_json_atomic(tmp / "dataset.json", _real_dataset_record(
+            dataset, source, len(cases), kept, excluded, train, test, unused, size=size, cube=cube,
+            seed=seed, strict=strict, params=params))
         _swap_into_place(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
