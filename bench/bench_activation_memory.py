@@ -1,9 +1,9 @@
-"""Benchmark companion: counted training memory where a model does not fit (issue 7, point 2).
+"""Benchmark companion: counted training memory where a model does not fit.
 
 ``bench/bench_train_step.py`` measures peak memory by running a step; on this 23 GiB machine the
 voxel-space 3D DDPM at 128³ and WDM without checkpointing at 256³ run out of memory, so the
 "WDM ≤ 0.2× ddpm3d at 128³" ratio cannot be measured there. This script counts what those steps
-need (:func:`eval.activation_memory.count_training_memory`: activations saved for the backward
+need (:func:`wdm.activation_memory.count_training_memory`: activations saved for the backward
 pass + weights, gradients and AdamW moments) without allocating it, for every (model, resolution)
 asked, and puts the count beside the measured ``peak_minus_baseline_gb`` of
 ``results/bench/train_step.csv`` where that row ran, so the counting can be checked where both
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bench.bench_train_step import run_config
-    from eval.activation_memory import count_training_memory
+    from wdm.activation_memory import count_training_memory
     from wdm.config import resolve_run_config
 
     torch.set_num_threads(a.threads)

@@ -19,7 +19,7 @@ script reports:
 ``results/bench/sampling.csv``.
 
 Cost at the defaults (preset ``small``, 2.3M parameters, 64³, batch 1, 2 threads): one forward
-pass on the 32³ wavelet grid took ~0.2 s on a lightly loaded 2-core machine (DESIGN.md §4 implies
+pass on the 32³ wavelet grid took ~0.2 s on a lightly loaded 2-core machine (an earlier measurement implies
 0.1–0.15 s), so the run is 3 × (1000 + 100) forwards ≈ 6–11 min. The paper's network
 (``--preset wdm-128``, 58M parameters) took ≥ 1.4 s per forward at 64³, i.e. ≳ 80 min for the same
 run. ``--ddpm3d ddim`` adds 3 × 100 voxel-space forwards on 64³ (8× the voxels, 1/8 the
@@ -56,12 +56,12 @@ COLUMNS = ["model", "sampler", "steps", "preset", "params", "size", "batch_size"
 def build_model(name: str, preset: str, size: int, seed: int) -> Any:
     """WDM or the voxel-space DDPM baseline at ``size``³, weights drawn from ``seed`` (untrained)."""
     from wdm.config import resolve_run_config
-    from wdm.model import get_model_class
+    from wdm.model import build_model as build
 
     cfg = resolve_run_config({"model": name, "network": {"preset": preset}})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = get_model_class(name)(cfg, (size, size, size))
+        model = build(cfg, (size, size, size))
     for m in model.modules().values():
         m.eval()
     return model
@@ -91,7 +91,7 @@ def bench_model(name: str, samplers: dict[str, int], a: argparse.Namespace) -> l
     for sampler, steps in samplers.items():
         def run(sampler: str = sampler, steps: int = steps) -> None:
             model.generate(a.batch_size, torch.Generator().manual_seed(a.seed), sampler=sampler,
-                           steps=steps)
+                           steps=steps, eta=0.0, device="cpu")
 
         with PeakRSS() as mem:
             times = time_repeats(run, repeats=a.repeats, warmup=0)  # warmed up by the forwards

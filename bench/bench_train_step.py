@@ -1,4 +1,4 @@
-"""Benchmark: one training step's peak memory and s/iteration against resolution (issue 7, point 2).
+"""Benchmark: one training step's peak memory and s/iteration against resolution.
 
 Models at the paper's network widths, batch size 1 for all (the paper trains WDM with batch 10 at
 128^3 and 1 at 256^3; one volume per step makes the rows comparable): ``wdm`` (U-Net preset
@@ -12,7 +12,7 @@ without checkpointing, as the paper). ``--widths tiny`` swaps in the tiny preset
 Extra WDM rows at 256^3 (``--variant-resolutions``): activation checkpointing, and checkpointing
 with bf16 autocast.
 
-Every measurement is an isolated probe (:func:`eval.probe.probe_isolated`): this one driver process
+Every measurement is an isolated probe (:func:`wdm.probe.probe_isolated`): this one driver process
 launches one child per (model, resolution), because a CPU process's peak RSS cannot be reset; each
 child runs a warm-up step and ``--repeats`` (>= 3) timed steps under ``--memory-limit-gb`` (default
 24 GiB, ``RLIMIT_DATA``). Once a model runs out of memory at R, its larger resolutions are recorded as
@@ -44,7 +44,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import MIN_REPEATS, REPO, print_rows, setup_logging, write_rows  # noqa: E402
-from eval.probe import probe_isolated  # noqa: E402
+from wdm.probe import probe_isolated  # noqa: E402
 
 log = logging.getLogger("bench.train_step")
 
@@ -187,7 +187,7 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def verdicts(rows: list[dict], limit_gib: float | None, target_res: int = 128) -> list[str]:
-    """One line per target of issue 7.2."""
+    """One line per memory target (WDM step fits the cap; WDM <= 0.2x ddpm3d)."""
     def get(label: str, res: int) -> dict | None:
         return next((r for r in rows if r["label"] == label and r["resolution"] == res), None)
 

@@ -18,7 +18,7 @@ __all__ = ["rss_mb", "PeakRSS"]
 
 def rss_mb() -> float:
     """Current resident set size of this process in MiB (NaN where ``/proc`` is unavailable)."""
-    from eval.profiling import current_rss_gb
+    from wdm.profiling import current_rss_gb
 
     gb = current_rss_gb()
     return float("nan") if gb is None else gb * 1e9 / 2**20

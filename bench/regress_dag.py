@@ -2,10 +2,11 @@
 
 ``python bench/regress_dag.py run OUT`` runs ``snakemake results/table1.csv`` at 16^3 with tiny
 configs of every default model (wdm, ddpm3d, hagan, ldm) into the folder ``OUT``;
-``python bench/regress_dag.py compare OLD NEW`` compares the two runs' ``results/table1.csv`` and
-every ``metrics.json`` and every generated volume's SHA-256: each measured number (FID and its interval, MMD, MS-SSIM and its interval,
-counts, steps) must be identical; timings, memory, code version and config hashes are ignored.
-Exit status 0 when they agree, 1 with one line per difference otherwise.
+``python bench/regress_dag.py compare OLD NEW`` compares the two runs' ``results/table1.csv``,
+every ``metrics.json`` and every generated volume's SHA-256: each measured number (FID and its
+interval, MMD, MS-SSIM and its interval, counts, steps) must be identical; timings, memory, code
+version and config hashes are ignored. Exit status 0 when they agree, 1 with one line per
+difference otherwise.
 
 Run it before and after a change that must not change numbers (on CPU the runs are bit-identical).
 """

@@ -64,8 +64,8 @@ def _entry(depth: int, datasets: int, sha256: str | None) -> dict:
 
 
 #: Released MedicalNet checkpoints keyed by file stem. "datasets" is 23 for ``*_23dataset.pth`` and
-#: 8 for the original release. SHA-256 values are those recorded in DESIGN.md (None: unknown, the
-#: check is skipped with a warning). The Hugging Face repositories
+#: 8 for the original release. SHA-256 values are those of the files the MedicalNet authors
+#: published (None: unknown, the check is skipped with a warning). The Hugging Face repositories
 #: ``TencentMedicalNet/MedicalNet-Resnet{10,18,34,50}`` were confirmed from public code that
 #: downloads these exact files; the 101/152/200 URLs follow the same pattern, unconfirmed.
 MEDICALNET_WEIGHTS: dict[str, dict] = {
@@ -217,6 +217,14 @@ class MedicalNetResNet(nn.Module):
         self.inplanes = planes * expansion
         layers += [block(self.inplanes, planes, dilation=dilation) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Intermediate maps of ``x`` (B, 1, D, H, W): the stem (after ReLU), ``layer1``,
+        ``layer2`` and ``layer3`` outputs (for perceptual losses, LPIPS-style)."""
+        stem = self.relu(self.bn1(self.conv1(x)))
+        h1 = self.layer1(self.maxpool(stem))
+        h2 = self.layer2(h1)
+        return [stem, h1, h2, self.layer3(h2)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (N, 1, D, H, W) -> features (N, F), global average over the layer4 grid."""

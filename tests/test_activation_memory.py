@@ -1,11 +1,11 @@
-"""Counting a training step's memory without allocating it (eval/activation_memory.py)."""
+"""Counting a training step's memory without allocating it (wdm/activation_memory.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from eval.activation_memory import count_training_memory
+from wdm.activation_memory import count_training_memory
 from wdm.config import resolve_run_config
 
 
@@ -28,7 +28,7 @@ def test_count_matches_what_autograd_keeps():
     """The dropping count equals the bytes of saved storages when autograd really keeps them."""
     cfg = _cfg("ddpm3d")
     counted = count_training_memory(cfg, 16)["saved_activations_gb"]
-    from eval.probe import _build
+    from wdm.probe import _build
 
     torch.manual_seed(0)
     model, _ = _build(cfg, (16, 16, 16))

@@ -1,5 +1,5 @@
 """A corpus of bad inputs: each gives exit code 1, one line naming the file and the problem,
-and leaves no partial output (issue: reliability)."""
+and leaves no partial output."""
 
 from __future__ import annotations
 

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from wdm.checkpoints import load_checkpoint
 from wdm.cli import main
 from wdm.convert import convert_wdm_checkpoint, write_converted_run
 from wdm.io import InputError
 from wdm.networks import build_network, count_parameters, timestep_embedding
-from wdm.train import load_checkpoint
 
 RELEASED_FILE_BYTES = 231_809_874  # brats_unet_128_1200k.pt (Hugging Face LFS pointer)
 SMALL_NET = {"preset": "wdm-128", "base_channels": 16, "num_groups": 8}  # upstream layout, 1/4 width

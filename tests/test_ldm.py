@@ -14,11 +14,12 @@ import pytest
 import torch
 import yaml
 
-from baselines.ldm import LatentDiffusionStage, Model, VQGANStage
+from baselines.ldm import LatentDiffusionStage, VQGANStage
 from baselines.ldm.config import stage_config
 from baselines.ldm.vqgan import VectorQuantizerEMA
 from wdm.config import resolve_run_config
 from wdm.io import InputError
+from wdm.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,7 +115,7 @@ def test_schema_defaults_and_errors():
     with pytest.raises(InputError, match="vqgan_run"):
         stage_config({"model": "ldm"}, "diffusion")
     paper = stage_config({"model": "ldm", "ldm": {"vqgan": {"preset": "paper-128"}}}, "vqgan")
-    model = Model(paper, (64, 64, 64))
+    model = build_model(paper, (64, 64, 64))
     assert isinstance(model, VQGANStage)
     assert model.settings["n_codes"] == 16384 and model.latent_shape == (8, 16, 16, 16)
 
@@ -140,7 +141,7 @@ def test_vqgan_reconstruction_loss_decreases():
     torch.manual_seed(0)
     cfg = stage_config({**TINY_LDM, "ldm": {"vqgan": {**TINY_LDM["ldm"]["vqgan"], "disc_start": 1000,
                                                       "lr": 0.002}}}, "vqgan")
-    model = Model(cfg, (16, 16, 16))
+    model = build_model(cfg, (16, 16, 16))
     opts = model.configure_optimizers(cfg["training"])
     gen = torch.Generator().manual_seed(0)
     x = _blobs()
@@ -155,7 +156,7 @@ def test_perceptual_term_on_with_weights(tmp_path):
     torch.save({"state_dict": medicalnet_resnet(10).state_dict()}, weights)
     cfg = stage_config({**TINY_LDM, "ldm": {"vqgan": {**TINY_LDM["ldm"]["vqgan"],
                                                       "perceptual_weights": str(weights)}}}, "vqgan")
-    model = Model(cfg, (16, 16, 16))
+    model = build_model(cfg, (16, 16, 16))
     assert model.perceptual is not None and model.run_info()["perceptual"].startswith("on")
     out = model.training_step(_blobs(), torch.Generator().manual_seed(0),
                               model.configure_optimizers(cfg["training"]), 0)
@@ -176,17 +177,12 @@ def two_stage_runs(tmp_path_factory, phantom16) -> dict[str, Path]:
     mp.setenv("WDM_MEDICALNET_DIR", str(tmp / "no-weights"))
     mp.setenv("TORCH_HOME", str(tmp / "no-torch-home"))
     try:
+        # one config file, two stages; stage 2 freezes the stage-1 run beside its own folder
         runs = {"vqgan": tmp / "ldm" / "vqgan", "run": tmp / "ldm" / "run"}
-        s1, s2 = tmp / "s1.yaml", tmp / "s2.yaml"
-        from baselines.ldm.config import main as ldm_main
-
-        assert ldm_main(["stage-config", "--config", str(base), "--stage", "vqgan", "--out", str(s1)]) == 0
-        assert main(["train", "--config", str(s1), "--data", str(phantom16), "--out",
-                     str(runs["vqgan"]), "--no-progress"]) == 0
-        assert ldm_main(["stage-config", "--config", str(base), "--stage", "diffusion",
-                         "--vqgan-run", str(runs["vqgan"]), "--out", str(s2)]) == 0
-        assert main(["train", "--config", str(s2), "--data", str(phantom16), "--out",
-                     str(runs["run"]), "--no-progress"]) == 0
+        assert main(["train", "--config", str(base), "--stage", "vqgan", "--data", str(phantom16),
+                     "--out", str(runs["vqgan"]), "--no-progress"]) == 0
+        assert main(["train", "--config", str(base), "--stage", "diffusion", "--data",
+                     str(phantom16), "--out", str(runs["run"]), "--no-progress"]) == 0
     finally:
         mp.undo()
     runs["base"] = base
@@ -240,11 +236,11 @@ def test_stage2_rejects_other_vqgan_architecture(two_stage_runs):
     cfg = stage_config(TINY_LDM, "diffusion", two_stage_runs["vqgan"])
     cfg["ldm"]["vqgan"]["n_codes"] = 64
     with pytest.raises(InputError, match="n_codes"):
-        Model(cfg, (16, 16, 16))
+        build_model(cfg, (16, 16, 16))
     with pytest.raises(InputError, match="not an ldm stage-1"):
-        Model(stage_config(TINY_LDM, "diffusion", two_stage_runs["run"]), (16, 16, 16))
+        build_model(stage_config(TINY_LDM, "diffusion", two_stage_runs["run"]), (16, 16, 16))
     with pytest.raises(InputError, match="VQ-GAN trained on volumes"):
-        Model(stage_config(TINY_LDM, "diffusion", two_stage_runs["vqgan"]), (32, 32, 32))
+        build_model(stage_config(TINY_LDM, "diffusion", two_stage_runs["vqgan"]), (32, 32, 32))
 
 
 def test_stage1_run_does_not_sample(two_stage_runs, tmp_path):
@@ -255,7 +251,7 @@ def test_stage1_run_does_not_sample(two_stage_runs, tmp_path):
 
 
 def test_stage2_without_vqgan_is_an_error():
-    model = Model(stage_config(TINY_LDM, "diffusion", "/nonexistent/vqgan"), (16, 16, 16))
+    model = build_model(stage_config(TINY_LDM, "diffusion", "/nonexistent/vqgan"), (16, 16, 16))
     assert isinstance(model, LatentDiffusionStage)
     with pytest.raises(InputError, match="no VQ-GAN"):
         model.loss(_blobs(), torch.Generator().manual_seed(0))
@@ -280,7 +276,7 @@ def test_snakemake_dry_run_has_both_ldm_stages(tmp_path):
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
-    for rule in ("train_ldm_vqgan", "train_ldm", "sample_ldm", "evaluate", "table1"):
+    for rule in ("train_stage", "train", "sample", "evaluate", "table1"):
         assert f"rule {rule}:" in out or f"\n{rule} " in out or f" {rule}\n" in out, (rule, out)
     assert "results/phantom-brain/16/ldm/vqgan/train_profile.json" in out
     assert "results/phantom-brain/16/ldm/samples/sample_profile.json" in out

@@ -19,6 +19,7 @@ from eval.evaluate import MEASURED_KEYS, evaluate
 from eval.figures import sample_grid
 from tests.conftest import TINY_RUN
 from wdm.cli import main
+from wdm.config import EvaluationSettings
 from wdm.io import InputError, save_nifti
 from wdm.model import get_model_class
 from wdm.oom import is_out_of_memory, one_line, read_status
@@ -113,7 +114,7 @@ def test_sample_oom_mid_run_removes_the_failed_batch(tiny_run, tmp_path, monkeyp
 
     monkeypatch.undo()  # a second run (more memory) completes the set and says ok
     again = sample(tiny_run, 6, 0, out, progress=False)
-    assert again["status"] == "ok" and "error" not in again and again["s_per_volume"] > 0
+    assert again["status"] == "ok" and again["error"] is None and again["s_per_volume"] > 0
     assert len(list(out.glob("sample_*.nii.gz"))) == 6
 
 
@@ -139,7 +140,8 @@ def test_evaluate_oom_samples_gives_null_metrics_without_features(tmp_path, monk
         (tmp_path / name).mkdir()
         for i in range(3):
             save_nifti(tmp_path / name / f"v{i}.nii.gz", rng.random((16, 16, 16)).astype(np.float32))
-    ok = evaluate(tmp_path / "real", tmp_path / "fake", weights="none", depth=10, n_bootstrap=0)
+    ok = evaluate(tmp_path / "real", tmp_path / "fake",
+                  EvaluationSettings.from_mapping({"weights": None, "depth": 10, "n_bootstrap": 0}))
     assert ok["status"] == "ok"
 
     def forbidden(*args, **kwargs):
@@ -147,8 +149,8 @@ def test_evaluate_oom_samples_gives_null_metrics_without_features(tmp_path, monk
     monkeypatch.setattr(evaluate_mod, "_Extractor", forbidden)
     monkeypatch.setattr(evaluate_mod, "load_real_stats", forbidden)
     fake = _oom_samples(tmp_path / "oom_samples")
-    res = evaluate(None, fake, real_stats=tmp_path / "never_read.npz", weights="none", depth=10,
-                   seed=5)
+    res = evaluate(None, fake, EvaluationSettings.from_mapping({"weights": None, "depth": 10, "seed": 5}),
+                   real_stats=tmp_path / "never_read.npz")
     assert res["status"] == "oom" and res["failed_stage"] == "sample"
     assert res["error"].startswith("sampling ran out of memory")
     assert set(res) == set(ok) | {"error", "failed_stage"}  # the same fields, plus why

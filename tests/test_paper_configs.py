@@ -17,7 +17,7 @@ import torch
 from baselines.ldm.config import stage_config
 from wdm.config import load_run_config, load_workflow_config
 from wdm.diffusion import GaussianDiffusion
-from wdm.model import get_model_class
+from wdm.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "config" / "paper"
@@ -96,7 +96,7 @@ def test_model_builds_at_paper_resolution(model: str, res: int, monkeypatch: pyt
     else:
         stages = [cfg]
     with _meta_models(monkeypatch):
-        built = [get_model_class(model)(stage, shape) for stage in stages]
+        built = [build_model(stage, shape) for stage in stages]
     counts = [_n_params(b) for b in built]
     if model == "wdm":
         n = counts[0]["network"]
@@ -104,7 +104,7 @@ def test_model_builds_at_paper_resolution(model: str, res: int, monkeypatch: pyt
     elif model == "ddpm3d":  # WDM's U-Net with 1 instead of 8 input/output channels
         wdm = load_run_config(PAPER / "models" / f"wdm_{res}.yaml")
         with _meta_models(monkeypatch):
-            n_wdm = _n_params(get_model_class("wdm")(wdm, shape))["network"]
+            n_wdm = _n_params(build_model(wdm, shape))["network"]
         assert 0 < n_wdm - counts[0]["network"] < 30_000
     elif model == "hagan":
         assert set(counts[0]) == {"generator", "discriminator", "encoder", "sub_encoder"}

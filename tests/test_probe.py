@@ -1,4 +1,4 @@
-"""The memory/time probe (eval/probe.py), the memory figure and their DAG targets (issues 6.2, 7.2).
+"""The memory/time probe (wdm/probe.py), the memory figure and their DAG targets.
 
 Probes run in child processes at 16^3 with the tiny presets; no speed is asserted (bench/ does that).
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from eval.figures_memory import memory_figure, profile_rows, write_memory_csv
-from eval.probe import probe_isolated
 from tests.conftest import TINY_RUN
 from wdm.oom import is_out_of_memory
+from wdm.probe import probe_isolated
 
 REPO = Path(__file__).resolve().parents[1]
 

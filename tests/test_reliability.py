@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from tests.conftest import TINY_RUN
-from wdm.train import best_checkpoint, latest_checkpoint, load_checkpoint, train
+from wdm.checkpoints import best_checkpoint, latest_checkpoint, load_checkpoint
+from wdm.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 

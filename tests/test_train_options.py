@@ -1,4 +1,4 @@
-"""Training memory options and out-of-memory handling (issue 6, point 7): bf16 autocast,
+"""Training memory options and out-of-memory handling: bf16 autocast,
 activation checkpointing, and an OOM that is recorded instead of crashing the workflow."""
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from tests.conftest import TINY_RUN
+from wdm.checkpoints import latest_checkpoint, load_checkpoint
 from wdm.cli import main
 from wdm.io import InputError
 from wdm.networks import build_network
-from wdm.train import latest_checkpoint, load_checkpoint, train
+from wdm.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,21 +102,16 @@ def test_options_refused_for_models_with_their_own_step(phantom16, tmp_path, mon
 def test_gpu_oom_is_recorded_not_raised(phantom16, tiny_config, tmp_path, monkeypatch, capsys, caplog):
     """A CUDA out-of-memory error (raised here on the CPU) at step 2: exit 0, one stderr line, and a
     profile with status oom, the error line and null measurements."""
-    import wdm.train as wt
+    from wdm.model import WDMModel
 
-    real_step = wt._default_step
+    real_step = WDMModel.training_step
 
-    def failing_step(*args, **kwargs):
-        step_fn = real_step(*args, **kwargs)
+    def failing_step(self, x, gen, opts, step, **options):
+        if step == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(self, x, gen, opts, step, **options)
 
-        def step(x, gen, opts, step):
-            if step == 1:
-                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-            return step_fn(x, gen, opts, step)
-
-        return step
-
-    monkeypatch.setattr(wt, "_default_step", failing_step)
+    monkeypatch.setattr(WDMModel, "training_step", failing_step)
     run = tmp_path / "run"
     code = main(["train", "--config", str(tiny_config), "--data", str(phantom16), "--out", str(run),
                  "--no-progress"])
@@ -134,15 +130,12 @@ def test_gpu_oom_is_recorded_not_raised(phantom16, tiny_config, tmp_path, monkey
 
 
 def test_other_errors_still_fail(phantom16, tmp_path, monkeypatch):
-    import wdm.train as wt
+    from wdm.model import WDMModel
 
-    def broken(*args, **kwargs):
-        def step(x, gen, opts, step):
-            raise RuntimeError("shape mismatch in a layer")
+    def broken(self, x, gen, opts, step, **options):
+        raise RuntimeError("shape mismatch in a layer")
 
-        return step
-
-    monkeypatch.setattr(wt, "_default_step", broken)
+    monkeypatch.setattr(WDMModel, "training_step", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         train(_cfg(), phantom16, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "train_profile.json").exists()

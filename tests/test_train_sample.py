@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from tests.conftest import TINY_RUN
+from wdm.checkpoints import latest_checkpoint, load_checkpoint
 from wdm.io import InputError, load_nifti
 from wdm.sample import sample, sample_path
-from wdm.train import batch_indices, latest_checkpoint, load_checkpoint, train
+from wdm.train import batch_indices, train
 
 
 def test_batch_indices_cover_each_epoch_once():

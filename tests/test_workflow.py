@@ -112,8 +112,8 @@ if (sys.argv[0].endswith("wdm-bench") and sys.argv[1:2] == [_stage]
     def _oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB (test hook)")
     if _stage == "train":
-        import wdm.train
-        wdm.train._get_batch = _oom
+        import wdm.loop
+        wdm.loop._get_batch = _oom
     else:
         from wdm.model import get_model_class
         get_model_class(_model).generate = _oom

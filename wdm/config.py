@@ -9,54 +9,109 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
+import logging
 import os
-from functools import lru_cache
+import re
+from dataclasses import asdict, dataclass
+from functools import cache, lru_cache
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import yaml
 
 from wdm.io import InputError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "SCHEMA_PATH",
+    "FRAGMENT_NAME",
     "load_schema",
+    "model_schema_fragment",
     "validate",
     "load_run_config",
     "load_workflow_config",
     "resolve_run_config",
+    "EvaluationSettings",
+    "load_evaluation_settings",
     "config_hash",
     "dump_yaml",
 ]
 
 SCHEMA_PATH = Path(__file__).with_name("schema") / "config.schema.yaml"
+#: File name of the schema fragment a model subpackage ships for its own run-config section.
+FRAGMENT_NAME = "config.schema.yaml"
 
 
 @lru_cache(maxsize=1)
 def load_schema() -> dict:
-    """The parsed JSON schema (a dict)."""
+    """The parsed JSON schema (a dict), without any model's fragment."""
     with open(SCHEMA_PATH) as f:
         return yaml.safe_load(f)
 
 
-def _local_def(ref: str) -> dict:
-    """The schema's ``#/$defs/<name>`` entry for a local reference ({} for anything else)."""
-    prefix = "#/$defs/"
-    return load_schema()["$defs"].get(ref[len(prefix):], {}) if ref.startswith(prefix) else {}
+@cache
+def model_schema_fragment(model: str) -> dict | None:
+    """The schema of run-config section ``model`` shipped as ``baselines/<model>/config.schema.yaml``.
+
+    Found without importing the model (only the ``baselines`` package itself is imported), so the
+    workflow can validate run configs cheaply. None when the model has no section of its own.
+    """
+    if not _NAME.fullmatch(model or ""):
+        return None
+    try:
+        spec = importlib.util.find_spec(f"baselines.{model}")
+    except ModuleNotFoundError:
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / FRAGMENT_NAME
+        if path.is_file():
+            try:
+                return yaml.safe_load(path.read_text())
+            except yaml.YAMLError as exc:
+                raise InputError(f"{path}: not valid YAML ({exc})") from exc
+    return None
 
 
-def _with_defaults(validator_cls: type) -> type:
-    """A validator class that fills ``default`` values of absent properties while validating."""
+_NAME = re.compile(r"[a-z0-9_]+")
+
+
+@cache
+def _run_schema(model: str | None) -> dict:
+    """The whole schema with model ``model``'s fragment merged in as ``$defs/run/properties/<model>``."""
+    schema = copy.deepcopy(load_schema())
+    fragment = copy.deepcopy(model_schema_fragment(model)) if model else None
+    if fragment is not None:
+        defs = fragment.pop("$defs", {})
+        clash = sorted(set(defs) & set(schema["$defs"]))
+        if clash:
+            raise InputError(f"baselines/{model}/{FRAGMENT_NAME}: $defs {clash} already exist in "
+                             f"{SCHEMA_PATH.name}; rename them")
+        schema["$defs"].update(defs)
+        schema["$defs"]["run"]["properties"][model] = fragment
+    return schema
+
+
+def _with_defaults(validator_cls: type, root: dict) -> type:
+    """A validator class that fills ``default`` values of absent properties while validating.
+
+    ``root``: the whole schema, whose ``#/$defs/<name>`` entries give the defaults of ``$ref`` s.
+    """
     validate_props = validator_cls.VALIDATORS["properties"]
+    prefix = "#/$defs/"
 
     def set_defaults(validator, properties, instance, schema):  # noqa: ANN001
         if isinstance(instance, dict):
             for name, sub in properties.items():
                 if "default" in sub and name not in instance:
                     instance[name] = copy.deepcopy(sub["default"])
-                elif "$ref" in sub and name not in instance:
-                    target = _local_def(sub["$ref"])
+                elif sub.get("$ref", "").startswith(prefix) and name not in instance:
+                    target = root["$defs"].get(sub["$ref"][len(prefix):], {})
                     if "default" in target:
                         instance[name] = copy.deepcopy(target["default"])
         yield from validate_props(validator, properties, instance, schema)
@@ -64,23 +119,24 @@ def _with_defaults(validator_cls: type) -> type:
     return jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
 
 
-_Validator = _with_defaults(jsonschema.Draft202012Validator)
-
-
-def validate(instance: dict, *, definition: str | None = None, source: str = "config") -> dict:
+def validate(instance: dict, *, definition: str | None = None, source: str = "config",
+             model: str | None = None) -> dict:
     """Validate ``instance`` (copied) against the schema or one of its ``$defs``; fill defaults.
 
+    ``model``: merge that model's own section schema (:func:`model_schema_fragment`) first.
     Raises :class:`InputError` listing every problem as ``source: field.path: message``.
     """
-    schema = load_schema()
+    root = _run_schema(model)
+    schema = root
     if definition is not None:
-        schema = {**schema, "$ref": f"#/$defs/{definition}"}
+        schema = {**root, "$ref": f"#/$defs/{definition}"}
         for key in ("properties", "required", "additionalProperties", "type"):
             schema.pop(key, None)
     inst = copy.deepcopy(instance) if instance is not None else {}
     if not isinstance(inst, dict):
         raise InputError(f"{source}: expected a mapping at the top level, got {type(inst).__name__}")
-    errors = sorted(_Validator(schema).iter_errors(inst), key=lambda e: list(e.path))
+    errors = sorted(_with_defaults(jsonschema.Draft202012Validator, root)(schema).iter_errors(inst),
+                    key=lambda e: list(e.path))
     if errors:
         lines = [f"{source}: {'.'.join(map(str, e.path)) or '<top>'}: {e.message}" for e in errors]
         raise InputError("; ".join(lines))
@@ -109,10 +165,70 @@ def load_workflow_config(path: str | os.PathLike) -> dict:
 
 
 def resolve_run_config(raw: dict, source: str = "config") -> dict:
-    """Validate a run config dict and fill its defaults (sections included)."""
-    cfg = validate(raw, definition="run", source=source)
+    """Validate a run config dict and fill its defaults (sections included).
+
+    The ``model`` field (default from the schema) selects which model's own section schema is
+    merged in. Sections of other models (present in configs saved before each model owned its
+    section) are dropped with a log line.
+    """
+    if not isinstance(raw, dict):
+        return validate(raw, definition="run", source=source)  # the one-line type error
+    model = raw.get("model", load_schema()["$defs"]["run"]["properties"]["model"]["default"])
+    model = model if isinstance(model, str) else None
+    shared = load_schema()["$defs"]["run"]["properties"]
+    foreign = [k for k in raw if k not in shared and k != model and model_schema_fragment(k)]
+    if foreign:
+        log.info("%s: ignoring the sections %s of other models", source, foreign)
+        raw = {k: v for k, v in raw.items() if k not in foreign}
+    cfg = validate(raw, definition="run", source=source, model=model)
     # Nested defaults: sections that were absent were filled with {} and need a second pass.
-    return validate(cfg, definition="run", source=source)
+    return validate(cfg, definition="run", source=source, model=model)
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """The ``evaluation`` section of the workflow config, validated once (defaults from the schema).
+
+    Built by :meth:`from_mapping` (or :func:`load_evaluation_settings` from a file); command-line
+    flags go through :meth:`with_overrides`, i.e. through the same schema and its bounds.
+    """
+
+    n_samples: int
+    seed: int
+    weights: str | None
+    depth: int
+    protocol: str
+    batch_size: int
+    kernel_size: int
+    n_real: int | None
+    max_pairs: int | None
+    n_bootstrap: int
+    ci_level: float
+
+    @classmethod
+    def from_mapping(cls, raw: dict | None, source: str = "evaluation") -> EvaluationSettings:
+        """Validate an ``evaluation`` mapping (None or {} = every default)."""
+        return cls(**validate(raw or {}, definition="evaluation", source=source))
+
+    def with_overrides(self, source: str = "command line", **values: Any) -> EvaluationSettings:
+        """These settings with every non-None value replaced, validated again."""
+        given = {k: v for k, v in values.items() if v is not None}
+        return self.from_mapping({**asdict(self), **given}, source=source)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (recorded beside every metrics file)."""
+        return asdict(self)
+
+
+def load_evaluation_settings(path: str | os.PathLike | None) -> EvaluationSettings:
+    """The ``evaluation`` section of a YAML file (a workflow config, or a file holding only that
+    section); None = every default."""
+    if path is None:
+        return EvaluationSettings.from_mapping(None)
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return EvaluationSettings.from_mapping(raw.get("evaluation"), source=f"{path}: evaluation")
 
 
 def config_hash(cfg: dict) -> str:

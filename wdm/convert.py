@@ -33,9 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from wdm.checkpoints import CHECKPOINT_GLOB, checkpoint_path
 from wdm.config import config_hash, dump_yaml, load_run_config, resolve_run_config
 from wdm.io import InputError, atomic_path, code_version, sha256_file, write_json_atomic, write_text_atomic
 from wdm.networks import build_network
+from wdm.records import TRAIN, make_record
 
 __all__ = ["RELEASED_WEIGHTS", "load_upstream_state_dict", "convert_wdm_checkpoint", "write_converted_run"]
 
@@ -146,6 +148,43 @@ def _step_from_name(path: Path) -> int:
     return int(m.group(1)) * (1000 if m.group(2) else 1) if m else 0
 
 
+def _checked_config(config: str | os.PathLike | Mapping[str, Any], size: int, out: Path,
+                    overwrite: bool) -> dict:
+    """The resolved WDM run config; errors for another model, an odd size or a taken folder."""
+    cfg = load_run_config(config) if not isinstance(config, Mapping) else resolve_run_config(dict(config))
+    if cfg["model"] != "wdm":
+        raise InputError(f"{config}: model is {cfg['model']!r}; released WDM weights need model: wdm")
+    if size < 2 or size % 2:
+        raise InputError(f"--size must be an even cube side, got {size}")
+    ckpt_dir = out / "checkpoints"
+    if not overwrite and ckpt_dir.is_dir() and any(ckpt_dir.glob("step_*.pt")):
+        raise InputError(f"{out}: holds checkpoints already; choose a new folder or pass --overwrite")
+    return cfg
+
+
+def _provenance(src: Path) -> dict[str, Any]:
+    """Path, SHA-256 and (if it is one) the name of the released file ``src``."""
+    provenance = {"path": str(src.resolve()), "sha256": sha256_file(src), "format": "pfriedri/wdm-3d"}
+    known = {v: k for k, v in RELEASED_WEIGHTS.items()}.get(provenance["sha256"])
+    provenance["released_file"] = known
+    if known is None:
+        log.warning("%s: not one of the released files %s (SHA-256 differs); converting anyway",
+                    src, sorted(RELEASED_WEIGHTS))
+    return provenance
+
+
+def _write_checkpoint(ckpt_dir: Path, state: dict, overwrite: bool) -> Path:
+    """``step_NNNNNNN.pt`` atomically; with ``overwrite`` the folder's other checkpoints go."""
+    path = checkpoint_path(ckpt_dir.parent, state["step"])
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    if overwrite:
+        for old in ckpt_dir.glob(CHECKPOINT_GLOB):
+            if old != path:
+                old.unlink(missing_ok=True)
+    return path
+
+
 def write_converted_run(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -177,14 +216,7 @@ def write_converted_run(
         The checkpoint path.
     """
     src, out = Path(src), Path(out)
-    cfg = load_run_config(config) if not isinstance(config, Mapping) else resolve_run_config(dict(config))
-    if cfg["model"] != "wdm":
-        raise InputError(f"{config}: model is {cfg['model']!r}; released WDM weights need model: wdm")
-    if size < 2 or size % 2:
-        raise InputError(f"--size must be an even cube side, got {size}")
-    ckpt_dir = out / "checkpoints"
-    if not overwrite and ckpt_dir.is_dir() and any(ckpt_dir.glob("step_*.pt")):
-        raise InputError(f"{out}: holds checkpoints already; choose a new folder or pass --overwrite")
+    cfg = _checked_config(config, size, out, overwrite)
     sd = convert_wdm_checkpoint(src, cfg["network"])
     network = build_network(cfg["network"], 8, 8)
     f = network.downsample_factor
@@ -195,12 +227,7 @@ def write_converted_run(
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
     if affine.shape != (4, 4):
         raise InputError(f"affine must be 4x4, got shape {affine.shape}")
-    provenance = {"path": str(src.resolve()), "sha256": sha256_file(src), "format": "pfriedri/wdm-3d"}
-    known = {v: k for k, v in RELEASED_WEIGHTS.items()}.get(provenance["sha256"])
-    provenance["released_file"] = known
-    if known is None:
-        log.warning("%s: not one of the released files %s (SHA-256 differs); converting anyway",
-                    src, sorted(RELEASED_WEIGHTS))
+    provenance = _provenance(src)
     state = {
         "step": step,
         "model": {"network": sd},
@@ -211,27 +238,12 @@ def write_converted_run(
         "code_version": code_version(),
         "converted_from": provenance,
     }
-    path = ckpt_dir / f"step_{step:07d}.pt"
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    if overwrite:
-        for old in ckpt_dir.glob("step_*.pt"):
-            if old != path:
-                old.unlink(missing_ok=True)
+    path = _write_checkpoint(out / "checkpoints", state, overwrite)
     write_text_atomic(out / "config.yaml", dump_yaml(cfg))
-    write_json_atomic(out / "train_profile.json", {
-        "model": "wdm",
-        "steps_trained": step,
-        "steps_total": step,
-        "best_checkpoint_step": step,
-        "finished": True,
-        "s_per_iteration": None,  # not trained here
-        "peak_memory_gb": None,
-        "n_parameters": sum(v.numel() for v in sd.values()),
-        "config_hash": config_hash(cfg),
-        "code_version": code_version(),
-        "converted_from": provenance,
-        "data": {"shape": [size] * 3},
-    })
+    write_json_atomic(out / "train_profile.json", make_record(
+        TRAIN, model="wdm", steps_trained=step, steps_total=step, best_checkpoint_step=step,
+        finished=True, n_parameters=sum(v.numel() for v in sd.values()),
+        data={"shape": [size] * 3}, converted_from=provenance, config_hash=config_hash(cfg),
+        code_version=code_version()))  # s/iteration and memory: not trained here
     log.info("converted %s (%d tensors, step %d) into %s", src, len(sd), step, path)
     return path

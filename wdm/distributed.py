@@ -83,12 +83,13 @@ def shard_bounds(global_batch: int, ctx: DistContext) -> tuple[int, int]:
     return ctx.rank * per_rank, (ctx.rank + 1) * per_rank
 
 
-def check_ddp_support(model: object, ctx: DistContext) -> None:
-    """Refuse models whose training DDP does not handle yet (a custom ``training_step``)."""
+def check_ddp_support(model: Any, ctx: DistContext) -> None:
+    """Refuse models whose training DDP does not handle yet (not ``single_objective``: a custom
+    ``training_step``) or whose ``loss`` takes no ``shard`` argument."""
     if not ctx.enabled:
         return
-    name = getattr(model, "name", type(model).__name__)
-    if hasattr(model, "training_step"):
+    name = model.name
+    if not model.single_objective:
         raise InputError(
             f"model {name!r} trains with its own "
             f"training_step (several networks updated in alternation), which multi-process (DDP) "
@@ -153,7 +154,7 @@ def wrap_trained(model: Any, modules: dict[str, nn.Module], wrap: Callable[[nn.M
         wrapped = wrap(m)
         if wrapped is m:
             continue
-        if getattr(model, name, None) is not m:
-            raise InputError(f"model {getattr(model, 'name', '?')!r} keeps its module {name!r} under "
+        if vars(model).get(name) is not m:
+            raise InputError(f"model {model.name!r} keeps its module {name!r} under "
                              "another attribute; bf16 or DDP training cannot wrap it")
         setattr(model, name, wrapped)

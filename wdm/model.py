@@ -1,55 +1,215 @@
-"""The model interface every entry of the benchmark follows, and WDM on it.
+"""The model contract every entry of the benchmark follows, its registry, and WDM on it.
 
-A model is built from a resolved run config and the volume shape, and offers:
+A model is a subclass of :class:`BenchmarkModel`, built from a resolved run config and the volume
+shape ``(D, H, W)``. The harness (:mod:`wdm.train`, :mod:`wdm.sample`, :mod:`wdm.probe`) calls
+only the methods below; each has a default, so a model overrides what it does differently:
 
-* ``modules()``: the ``nn.Module`` s whose weights are trained and checkpointed, by name;
-* ``loss(x, generator)``: one training objective on a batch ``x`` of shape (B, 1, D, H, W) with
-  voxels in [-1, 1]; all randomness from ``generator``; an optional keyword ``shard=(start,
-  global_batch)`` enables data-parallel (DDP) training (:mod:`wdm.distributed`);
-* ``generate(n, generator, **sampling)``: ``n`` volumes (n, 1, D, H, W) in [-1, 1].
+* ``modules()`` (required): the ``nn.Module`` s whose state is checkpointed, by name; each is kept
+  under the attribute of that name (``model.network`` for ``"network"``) so the harness can wrap it
+  (bf16 autocast, DDP);
+* ``configure_optimizers(training)``: AdamW on the trainable parameters (``training.lr``,
+  ``training.weight_decay``) unless overridden (GANs: one optimizer per network);
+* ``training_step(x, generator, optimizers, step, *, shard, grad_clip)``: one update on a batch
+  ``x`` (B, 1, D, H, W) in [-1, 1]; by default ``loss`` -> backward -> clip -> step. Returns the
+  logged terms, ``loss`` first;
+* ``loss(x, generator, shard=None)``: the single objective the default step minimises;
+* ``generate(n, generator, *, sampler, steps, eta, device, progress)``: (n, 1, D, H, W) in [-1, 1];
+* ``sampling_record(sampling)``, ``sampling_network()``, ``network_evaluations(sampling)``: what a
+  sample run records, the module evaluated once per sampling step (None for one-pass generators)
+  and how often per batch;
+* ``run_info()``: JSON facts recorded in ``train_profile.json``; ``for_probe(cfg, shape)``: the
+  model a memory probe measures, with untrained stand-ins for parts it lacks;
+* class attribute ``single_objective``: trained through ``loss`` by the default step, so DDP and
+  bf16 training apply; ``stage_config``: the run config of a stage.
 
-Models with more than one objective (GANs) replace ``loss`` by two optional methods:
-``configure_optimizers(training_cfg) -> dict[str, Optimizer]`` and
-``training_step(x, generator, optimizers, step) -> dict[str, Tensor]`` (first key ``loss``),
-which own the backward passes and optimizer steps. All optimizers are checkpointed by name.
-
-The training and sampling loops (:mod:`wdm.train`, :mod:`wdm.sample`) are written against this
-interface only. ``get_model_class("wdm")`` is :class:`WDMModel`; any other name ``X`` is looked up as
-``baselines.X.Model``, so a baseline joins by adding its own subpackage.
+Models register with :func:`register_model` (a decorator). ``wdm`` lives here; any other name ``X``
+is looked up by importing ``baselines.X``, whose classes register themselves, so a baseline joins
+by adding its own subpackage. A model trained in stages (the 3D LDM) registers one class per stage;
+the stage is chosen by ``<model>.stage`` in its run config.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
-from collections.abc import Sequence
-from typing import Any, Protocol
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from wdm import codec
+from wdm.config import resolve_run_config
 from wdm.diffusion import GaussianDiffusion
-from wdm.networks import build_network
+from wdm.io import InputError
+from wdm.networks import WDMUNet, build_network
 from wdm.samplers import get_sampler
 
-__all__ = ["BenchmarkModel", "DiffusionModel", "WDMModel", "get_model_class"]
+__all__ = ["BenchmarkModel", "DiffusionModel", "WDMModel", "register_model", "model_stages",
+           "get_model_class", "build_model", "configure_stage"]
+
+_REGISTRY: dict[str, dict[str | None, type[BenchmarkModel]]] = {}
 
 
-class BenchmarkModel(Protocol):
-    """Structural type of a benchmark model (see module docstring)."""
+class BenchmarkModel:
+    """Base class of every benchmark model (see the module docstring for the contract).
 
-    name: str
+    Args:
+        cfg: resolved run config.
+        volume_shape: (D, H, W) of the training volumes.
+    """
 
-    def __init__(self, cfg: dict, volume_shape: Sequence[int]) -> None: ...
+    name: ClassVar[str] = ""
+    stage: ClassVar[str | None] = None
+    #: trained by the default step through ``loss``; then multi-process (DDP) training and
+    #: ``training.precision: bf16`` apply. False for models that own their ``training_step``.
+    single_objective: ClassVar[bool] = True
 
-    def modules(self) -> dict[str, nn.Module]: ...
+    def __init__(self, cfg: dict, volume_shape: Sequence[int]) -> None:
+        self.cfg = cfg
+        self.volume_shape = tuple(int(s) for s in volume_shape)
 
-    def loss(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+    @classmethod
+    def stage_config(cls, cfg: dict, run_dir: Path) -> dict:
+        """The run config this model (stage) trains with in ``run_dir``; unchanged by default."""
+        return cfg
 
-    def generate(self, n: int, generator: torch.Generator, **sampling: Any) -> torch.Tensor: ...
+    def modules(self) -> dict[str, nn.Module]:
+        raise NotImplementedError(f"model {self.name!r} must define modules()")
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters of every module that require gradients, in module order."""
+        return [p for m in self.modules().values() for p in m.parameters() if p.requires_grad]
+
+    def configure_optimizers(self, training: Mapping[str, Any]) -> dict[str, torch.optim.Optimizer]:
+        """One AdamW on the trainable parameters (``training.lr``, ``training.weight_decay``)."""
+        return {"main": torch.optim.AdamW(self.trainable_parameters(), lr=training["lr"],
+                                          weight_decay=training["weight_decay"])}
+
+    def loss(self, x: torch.Tensor, generator: torch.Generator,
+             shard: tuple[int, int] | None = None) -> torch.Tensor:
+        """The training objective on ``x`` (B, 1, D, H, W) in [-1, 1] (a scalar tensor)."""
+        raise NotImplementedError(f"model {self.name!r} defines neither loss() nor training_step()")
+
+    def training_step(self, x: torch.Tensor, generator: torch.Generator,
+                      optimizers: dict[str, torch.optim.Optimizer], step: int, *,
+                      shard: tuple[int, int] | None = None,
+                      grad_clip: float | None = None) -> dict[str, torch.Tensor]:
+        """``loss`` -> backward -> gradient clipping (``grad_clip``) -> every optimizer steps.
+
+        ``shard``: ``(start, global_batch)`` of this process's rows under DDP, else None.
+        """
+        loss = self.loss(x, generator) if shard is None else self.loss(x, generator, shard=shard)
+        for o in optimizers.values():
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            params = [p for m in self.modules().values() for p in m.parameters()]
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        for o in optimizers.values():
+            o.step()
+        return {"loss": loss.detach()}
+
+    def set_activation_checkpointing(self, enabled: bool) -> bool:
+        """Switch recomputation of U-Net activations on; False if no module supports it."""
+        nets = [m for m in self.modules().values() if isinstance(m, WDMUNet)]
+        for m in nets:
+            m.set_checkpointing(enabled)
+        return bool(nets)
+
+    def activation_checkpointing(self) -> bool:
+        """Whether any module recomputes its activations in the backward pass."""
+        return any(m.use_checkpoint for m in self.modules().values() if isinstance(m, WDMUNet))
+
+    def generate(self, n: int, generator: torch.Generator, *, sampler: str, steps: int, eta: float,
+                 device: torch.device | str, progress: bool = False) -> torch.Tensor:
+        """``n`` volumes (n, 1, D, H, W) in [-1, 1]."""
+        raise NotImplementedError(f"model {self.name!r} must define generate()")
+
+    def sampling_record(self, sampling: Mapping[str, Any]) -> dict[str, Any]:
+        """``sampler`` and ``sampler_steps`` of a sample run (a GAN: one forward pass)."""
+        return {"sampler": "one forward pass", "sampler_steps": 1}
+
+    def sampling_network(self) -> nn.Module | None:
+        """The module evaluated once per sampling step (timed by probes); None without steps."""
+        return None
+
+    def network_evaluations(self, sampling: Mapping[str, Any]) -> int:
+        """Evaluations of :meth:`sampling_network` per generated batch (1 for one-pass models)."""
+        return 1
+
+    def run_info(self) -> dict[str, Any] | None:
+        """JSON-able facts recorded in ``train_profile.json`` (``model_info``)."""
+        return None
+
+    @classmethod
+    def for_probe(cls, cfg: dict, volume_shape: Sequence[int]) -> tuple[BenchmarkModel, list[str]]:
+        """The model a memory probe measures, with notes on untrained stand-ins for parts it lacks
+        (a previous stage, weights it must not download); by default the model itself."""
+        return cls(cfg, volume_shape), []
 
 
-class DiffusionModel:
+def register_model(name: str, *, stage: str | None = None) -> Callable[[type], type]:
+    """Class decorator: make a :class:`BenchmarkModel` subclass model ``name`` (stage ``stage``)."""
+    def add(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, BenchmarkModel)):
+            raise TypeError(f"model {name!r}: {cls!r} is not a subclass of wdm.model.BenchmarkModel")
+        stages = _REGISTRY.setdefault(name, {})
+        if stages.get(stage, cls) is not cls:
+            raise ValueError(f"model {name!r} stage {stage!r} registered twice")
+        if stages and (stage is None) != (None in stages):
+            raise ValueError(f"model {name!r} mixes a stage-less class with staged ones")
+        stages[stage] = cls
+        cls.name, cls.stage = name, stage
+        return cls
+    return add
+
+
+def model_stages(name: str) -> dict[str | None, type[BenchmarkModel]]:
+    """Stage -> class of model ``name`` (``{None: cls}`` without stages), importing its package."""
+    if name not in _REGISTRY:
+        try:
+            importlib.import_module(f"baselines.{name}")
+        except ModuleNotFoundError as exc:
+            raise InputError(f"unknown model {name!r}: no module baselines.{name} ({exc})") from None
+    if name not in _REGISTRY:
+        raise InputError(f"baselines.{name} registers no model (use @wdm.model.register_model)")
+    return _REGISTRY[name]
+
+
+def get_model_class(name: str, stage: str | None = None) -> type[BenchmarkModel]:
+    """The class of model ``name`` at ``stage`` (None for a model without stages)."""
+    stages = model_stages(name)
+    if stage not in stages:
+        allowed = sorted(s for s in stages if s is not None)
+        raise InputError(f"{name}.stage: {stage!r} is not a stage of model {name!r}; allowed: {allowed}"
+                         if allowed else f"model {name!r} has no stages, got stage {stage!r}")
+    return stages[stage]
+
+
+def _stage_of(cfg: Mapping[str, Any]) -> str | None:
+    stages = model_stages(cfg["model"])
+    return None if None in stages else (cfg.get(cfg["model"]) or {}).get("stage")
+
+
+def build_model(cfg: dict, volume_shape: Sequence[int]) -> BenchmarkModel:
+    """The model (and stage) a resolved run config names, at ``volume_shape`` (D, H, W)."""
+    return get_model_class(cfg["model"], _stage_of(cfg))(cfg, volume_shape)
+
+
+def configure_stage(cfg: dict, run_dir: str | os.PathLike, stage: str | None = None) -> dict:
+    """The resolved run config of ``stage`` (default: the config's own) trained into ``run_dir``."""
+    cfg = copy.deepcopy(cfg)
+    if stage is not None:
+        get_model_class(cfg["model"], stage)  # an unknown stage is an error naming the allowed ones
+        cfg.setdefault(cfg["model"], {})["stage"] = stage
+    cls = get_model_class(cfg["model"], _stage_of(cfg))
+    return resolve_run_config(cls.stage_config(cfg, Path(run_dir)))
+
+
+class DiffusionModel(BenchmarkModel):
     """x0-predicting Gaussian diffusion on a fixed representation of the volume (shared base).
 
     The representation is given by three hooks a subclass may override: ``encode`` (voxels ->
@@ -63,10 +223,8 @@ class DiffusionModel:
         state_shape: (C, d, h, w) of the diffusion state the network denoises.
     """
 
-    name = "diffusion"
-
     def __init__(self, cfg: dict, volume_shape: Sequence[int], state_shape: Sequence[int]) -> None:
-        self.volume_shape = tuple(int(s) for s in volume_shape)
+        super().__init__(cfg, volume_shape)
         self.state_shape = tuple(int(s) for s in state_shape)
         channels = self.state_shape[0]
         self.network = build_network(cfg["network"], in_channels=channels, out_channels=channels)
@@ -107,25 +265,26 @@ class DiffusionModel:
         return self.clip_x0(c0) if self.clip else c0
 
     @torch.no_grad()
-    def generate(
-        self,
-        n: int,
-        generator: torch.Generator,
-        *,
-        sampler: str = "ddim",
-        steps: int | None = None,
-        eta: float = 0.0,
-        device: torch.device | str = "cpu",
-        progress: bool = False,
-    ) -> torch.Tensor:
+    def generate(self, n: int, generator: torch.Generator, *, sampler: str, steps: int, eta: float,
+                 device: torch.device | str, progress: bool = False) -> torch.Tensor:
         """Sample ``n`` volumes: (n, 1, D, H, W) voxels in [-1, 1] (decoded at the boundary)."""
-        fn = get_sampler(sampler)
-        kwargs: dict[str, Any] = {"eta": eta} if sampler == "ddim" else {}
-        c = fn(self.denoise, self.diffusion, (n, *self.state_shape), generator=generator,
-               steps=steps, progress=progress, device=device, **kwargs)
+        c = get_sampler(sampler)(self.denoise, self.diffusion, (n, *self.state_shape),
+                                 generator=generator, steps=steps, eta=eta, progress=progress,
+                                 device=device)
         return self.decode(c).clamp(-1.0, 1.0)
 
+    def sampling_record(self, sampling: Mapping[str, Any]) -> dict[str, Any]:
+        return {"sampler": sampling["sampler"], "sampler_steps": sampling["steps"]}
 
+    def sampling_network(self) -> nn.Module:
+        return self.network
+
+    def network_evaluations(self, sampling: Mapping[str, Any]) -> int:
+        """One per step of the (sub-)chain of ``sampling.steps`` timesteps, at most T."""
+        return min(sampling["steps"], self.diffusion.num_timesteps)
+
+
+@register_model("wdm")
 class WDMModel(DiffusionModel):
     """WDM (Friedrich et al. 2024): x0-predicting Gaussian diffusion on scaled Haar coefficients.
 
@@ -133,8 +292,6 @@ class WDMModel(DiffusionModel):
         cfg: resolved run config (``network``, ``diffusion`` sections used here).
         volume_shape: (D, H, W) of the training volumes; each side even.
     """
-
-    name = "wdm"
 
     def __init__(self, cfg: dict, volume_shape: Sequence[int]) -> None:
         d, h, w = volume_shape
@@ -155,17 +312,3 @@ class WDMModel(DiffusionModel):
     def clip_x0(self, c0: torch.Tensor) -> torch.Tensor:
         """Wavelet clipping: decode, clamp voxels to [-1, 1], encode again."""
         return codec.wavelet_clip(c0, self.lll_scale)
-
-
-def get_model_class(name: str) -> type:
-    """The class implementing model ``name``: WDM here, ``baselines.<name>.Model`` otherwise."""
-    if name == "wdm":
-        return WDMModel
-    try:
-        module = importlib.import_module(f"baselines.{name}")
-    except ModuleNotFoundError as exc:
-        raise ValueError(f"unknown model {name!r}: no module baselines.{name} ({exc})") from None
-    try:
-        return module.Model
-    except AttributeError:
-        raise ValueError(f"baselines.{name} defines no class Model") from None

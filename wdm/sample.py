@@ -14,18 +14,27 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from eval.profiling import device_description, peak_memory_gb, reset_peak_memory
+from wdm.checkpoints import latest_checkpoint, load_checkpoint
 from wdm.config import config_hash, resolve_run_config
 from wdm.io import InputError, code_version, save_nifti, write_json_atomic
-from wdm.model import get_model_class
+from wdm.model import BenchmarkModel, build_model
 from wdm.oom import STATUS_OK, STATUS_OOM, is_out_of_memory, one_line, read_status, release_memory
-from wdm.train import latest_checkpoint, load_checkpoint, resolve_device
+from wdm.profiling import (
+    device_description,
+    peak_memory_gb,
+    peak_memory_kind,
+    reset_peak_memory,
+    resolve_device,
+)
+from wdm.records import SAMPLE, make_record
 
 __all__ = ["sample", "batch_seed", "sample_path"]
 
@@ -40,6 +49,16 @@ def batch_seed(seed: int, batch: int) -> int:
 def sample_path(out_dir: Path, i: int) -> Path:
     """File name of volume ``i``."""
     return out_dir / f"sample_{i:04d}.nii.gz"
+
+
+@dataclass
+class _Progress:
+    """What the batches of one call made: volumes generated, seconds, the out-of-memory error."""
+
+    made: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    written: list[Path] = field(default_factory=list)
 
 
 def sample(run_dir: str | os.PathLike, n: int, seed: int, out_dir: str | os.PathLike, *,
@@ -68,108 +87,104 @@ def sample(run_dir: str | os.PathLike, n: int, seed: int, out_dir: str | os.Path
     scfg.update({k: v for k, v in {"sampler": sampler, "steps": steps, "batch_size": batch_size,
                                    "device": device}.items() if v is not None})
     dev = resolve_device(scfg["device"])
-    shape = tuple(ckpt["data"]["shape"])
-    affine = np.asarray(ckpt["data"]["affine"])
-
-    model = get_model_class(cfg["model"])(cfg, shape)
-    for name, m in model.modules().items():
-        m.load_state_dict(ckpt["model"][name])
-        m.to(dev).eval()
-
-    iterative = hasattr(model, "diffusion")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".sample_*"):  # left by a job killed while writing
-        log.warning("removing the partial file %s left by an interrupted run", stale)
-        stale.unlink(missing_ok=True)
-    bs = scfg["batch_size"]
-    n_batches = (n + bs - 1) // bs
+    model = _load_model(cfg, ckpt, dev)
+    _remove_partial_files(out_dir)
     reset_peak_memory(dev)
-    made, t_total = 0, 0.0
-    error: str | None = None
-    for b in tqdm(range(n_batches), desc=f"sample {cfg['model']}", disable=not progress):
-        idx = list(range(b * bs, min(n, (b + 1) * bs)))
-        if all(sample_path(out_dir, i).exists() for i in idx):
-            continue
-        written: list[Path] = []
-        try:
-            gen = torch.Generator(device=dev).manual_seed(batch_seed(seed, b))
-            t0 = time.perf_counter()
-            x = model.generate(bs, gen, sampler=scfg["sampler"], steps=scfg["steps"],
-                               eta=scfg["eta"], device=dev)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            t_total += time.perf_counter() - t0
-            made += bs
-            vols = ((x[:, 0].float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0).numpy()
-            for j, i in enumerate(idx):
-                if not sample_path(out_dir, i).exists():
-                    written.append(sample_path(out_dir, i))
-                    save_nifti(written[-1], vols[j], affine)
-        except (RuntimeError, MemoryError) as exc:
-            if not is_out_of_memory(exc):
-                raise
-            for f in [*written, *out_dir.glob(".sample_*")]:
-                f.unlink(missing_ok=True)
-            error = (f"sampling ran out of memory (model {cfg['model']}, volumes {shape}, batch size "
-                     f"{bs}, device {dev}): {one_line(exc)}")
-            log.error("%s. Removed the %d volume(s) of batch %d/%d. Try a smaller "
-                      "sampling.batch_size (--batch-size %d) or a device with more memory; "
-                      "volumes already written are kept.", error, len(written), b + 1, n_batches,
-                      max(1, bs // 2))
-            break
-    if error:
-        x = vols = None  # the failed batch's tensors (the exception and its frames are gone)
+    done = _generate_missing(model, scfg, n, seed, out_dir, np.asarray(ckpt["data"]["affine"]),
+                             dev, progress)
+    if done.error:
         release_memory(dev)
-    profile = {
-        "status": STATUS_OOM if error else STATUS_OK,
-        **({"error": error, "failed_stage": "sample"} if error else {}),
-        "model": cfg["model"],
-        "n": n,
-        "seed": seed,
-        # Models without a diffusion process (GANs) make a volume in one forward pass.
-        "sampler": scfg["sampler"] if iterative else "one forward pass",
-        "sampler_steps": scfg["steps"] if iterative else 1,
-        "batch_size": bs,
-        "s_per_volume": (t_total / made) if made and not error else None,
-        "peak_memory_gb": peak_memory_gb(dev) if made and not error else None,
-        "peak_memory_kind": "cuda_max_allocated" if dev.type == "cuda" else "process_peak_rss",
-        "device": device_description(dev),
-        "checkpoint": str(ckpt_path),
-        "checkpoint_step": int(ckpt["step"]),
-        "config_hash": config_hash(cfg),
-        "config": cfg,
-        "code_version": code_version(),
-    }
+    profile = make_record(
+        SAMPLE, STATUS_OOM if done.error else STATUS_OK, done.error,
+        failed_stage="sample" if done.error else None, model=cfg["model"], n=n, seed=seed,
+        **model.sampling_record(scfg), batch_size=scfg["batch_size"],
+        s_per_volume=(done.seconds / done.made) if done.made and not done.error else None,
+        peak_memory_gb=peak_memory_gb(dev) if done.made and not done.error else None,
+        peak_memory_kind=peak_memory_kind(dev), device=device_description(dev),
+        checkpoint=str(ckpt_path), checkpoint_step=int(ckpt["step"]), config_hash=config_hash(cfg),
+        config=cfg, code_version=code_version())
     prev = out_dir / "sample_profile.json"
-    if not made and not error and prev.exists() and read_status(prev)[0] == STATUS_OK:
+    if not done.made and not done.error and prev.exists() and read_status(prev)[0] == STATUS_OK:
         log.info("%s: all %d volumes present; nothing to do", out_dir, n)
         return profile
     write_json_atomic(prev, profile)
-    if error:
-        return profile
-    log.info("sampled %d volumes (%s, %s steps): %.2f s/volume", n, profile["sampler"],
-             profile["sampler_steps"], profile["s_per_volume"] or float("nan"))
+    if not done.error:
+        log.info("sampled %d volumes (%s, %s steps): %.2f s/volume", n, profile["sampler"],
+                 profile["sampler_steps"], profile["s_per_volume"] or float("nan"))
     return profile
 
 
-def _upstream_oom(run_dir: Path, out_dir: Path, train_prof: dict, n: int, seed: int) -> dict:
+def _load_model(cfg: dict, ckpt: dict, dev: torch.device) -> BenchmarkModel:
+    """The model of a checkpoint, its modules loaded, on ``dev`` in eval mode."""
+    model = build_model(cfg, tuple(ckpt["data"]["shape"]))
+    for name, m in model.modules().items():
+        m.load_state_dict(ckpt["model"][name])
+        m.to(dev).eval()
+    return model
+
+
+def _remove_partial_files(out_dir: Path) -> None:
+    """Create ``out_dir``; delete temporary files left by a job killed while writing."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".sample_*"):
+        log.warning("removing the partial file %s left by an interrupted run", stale)
+        stale.unlink(missing_ok=True)
+
+
+def _generate_missing(model: BenchmarkModel, scfg: dict, n: int, seed: int, out_dir: Path,
+                      affine: np.ndarray, dev: torch.device, progress: bool) -> _Progress:
+    """Generate and write every batch with a missing volume; stop at an out-of-memory error."""
+    bs = scfg["batch_size"]
+    n_batches = (n + bs - 1) // bs
+    done = _Progress()
+    for b in tqdm(range(n_batches), desc=f"sample {model.name}", disable=not progress):
+        idx = list(range(b * bs, min(n, (b + 1) * bs)))
+        if all(sample_path(out_dir, i).exists() for i in idx):
+            continue
+        done.written = []
+        try:
+            _one_batch(model, scfg, idx, batch_seed(seed, b), out_dir, affine, dev, done)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            for f in [*done.written, *out_dir.glob(".sample_*")]:
+                f.unlink(missing_ok=True)
+            done.error = (f"sampling ran out of memory (model {model.name}, volumes "
+                          f"{model.volume_shape}, batch size {bs}, device {dev}): {one_line(exc)}")
+            log.error("%s. Removed the %d volume(s) of batch %d/%d. Try a smaller "
+                      "sampling.batch_size (--batch-size %d) or a device with more memory; "
+                      "volumes already written are kept.", done.error, len(done.written), b + 1,
+                      n_batches, max(1, bs // 2))
+            break
+    return done
+
+
+def _one_batch(model: BenchmarkModel, scfg: dict, idx: list[int], batch_seed_: int, out_dir: Path,
+               affine: np.ndarray, dev: torch.device, done: _Progress) -> None:
+    """One batch of ``sampling.batch_size`` volumes; writes those of ``idx`` that are missing."""
+    gen = torch.Generator(device=dev).manual_seed(batch_seed_)
+    t0 = time.perf_counter()
+    x = model.generate(scfg["batch_size"], gen, sampler=scfg["sampler"], steps=scfg["steps"],
+                       eta=scfg["eta"], device=dev)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    done.seconds += time.perf_counter() - t0
+    done.made += scfg["batch_size"]
+    vols = ((x[:, 0].float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0).numpy()
+    for j, i in enumerate(idx):
+        if not sample_path(out_dir, i).exists():
+            done.written.append(sample_path(out_dir, i))
+            save_nifti(done.written[-1], vols[j], affine)
+
+
+def _upstream_oom(run_dir: Path, out_dir: Path, train_prof: dict[str, Any], n: int, seed: int) -> dict:
     """Training ran out of memory: write an ``"oom"`` sampling profile that says so; sample nothing."""
     error = f"training ran out of memory: {train_prof.get('error') or 'no details recorded'}"
     log.error("%s: %s; nothing to sample (see %s)", run_dir, error, run_dir / "train_profile.json")
-    profile = {
-        "status": STATUS_OOM,
-        "error": error,
-        "failed_stage": "train",
-        "model": train_prof.get("model"),
-        "n": n,
-        "seed": seed,
-        **dict.fromkeys(("sampler", "sampler_steps", "batch_size", "s_per_volume",
-                         "peak_memory_gb", "peak_memory_kind", "checkpoint", "checkpoint_step")),
-        "device": train_prof.get("device"),
-        "config_hash": train_prof.get("config_hash"),
-        "config": None,
-        "code_version": code_version(),
-    }
+    profile = make_record(SAMPLE, STATUS_OOM, error, failed_stage="train",
+                          model=train_prof.get("model"), n=n, seed=seed,
+                          device=train_prof.get("device"), config_hash=train_prof.get("config_hash"),
+                          code_version=code_version())
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "sample_profile.json", profile)
     return profile

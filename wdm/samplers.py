@@ -1,12 +1,13 @@
 """Samplers: small stateless functions with one signature (k-diffusion style).
 
-    sampler(denoise, diffusion, shape, *, generator, steps, progress=False, **options) -> x0
+    sampler(denoise, diffusion, shape, *, generator, steps, eta, progress, device, dtype) -> x0
 
 ``denoise(x_t, t)`` returns a prediction of x_0 for a (B,) long tensor of timesteps; for WDM it is
 the network followed by wavelet clipping, so the samplers never see a wavelet. All randomness comes
 from the explicit ``torch.Generator`` (on the device the sample is made on): the same generator
 state gives the same sample. ``steps`` < T runs on an evenly spaced sub-chain of timesteps
-(Nichol & Dhariwal 2021, Sec. 4); steps = T is the full chain.
+(Nichol & Dhariwal 2021, Sec. 4); steps = T (or None) is the full chain. Every sampler takes the
+same options; one that has no use for an option (``eta`` for ancestral DDPM) ignores it.
 """
 
 from __future__ import annotations
@@ -56,12 +57,14 @@ def ddpm(
     progress: bool = False,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    eta: float = 1.0,
 ) -> torch.Tensor:
     """Ancestral DDPM sampling with fixed-large variance (Ho et al. 2020, Algorithm 2).
 
     x_T ~ N(0, I); for each (t, s) on the chain: x0_hat = denoise(x_t, t),
     x_s = posterior_mean(x0_hat, x_t) + sqrt(beta') z with z ~ N(0, I), except at the last step.
-    WDM uses steps = T = 1000. Returns the final x0 prediction, shape ``shape``.
+    WDM uses steps = T = 1000. ``eta`` is ignored (ancestral sampling is DDIM's eta = 1 with the
+    fixed-large variance). Returns the final x0 prediction, shape ``shape``.
     """
     ts = timestep_sequence(diffusion.num_timesteps, steps or diffusion.num_timesteps)
     x = _randn(shape, generator, device, dtype)
@@ -93,7 +96,7 @@ def ddim(
     sigma = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s).
     Returns the final x0 prediction, shape ``shape``.
     """
-    ts = timestep_sequence(diffusion.num_timesteps, steps or 100)
+    ts = timestep_sequence(diffusion.num_timesteps, steps or diffusion.num_timesteps)
     x = _randn(shape, generator, device, dtype)
     x0 = x
     for t, s, tt in _chain(ts, shape[0], device, "DDIM", progress):

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from wdm.model import DiffusionModel
+from wdm.model import DiffusionModel, register_model
 
 __all__ = ["Model"]
 
 
+@register_model("ddpm3d")
 class Model(DiffusionModel):
     """3D DDPM in voxel space. ``volume_shape`` (D, H, W): each side divisible by the U-Net's
     down-sampling factor 2^(len(channel_mult) - 1) (checked by :class:`DiffusionModel`)."""
-
-    name = "ddpm3d"
 
     def __init__(self, cfg: dict, volume_shape: Sequence[int]) -> None:
         d, h, w = (int(s) for s in volume_shape)

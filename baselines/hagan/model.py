@@ -22,7 +22,7 @@ All randomness (slab, noise) comes from the loop's ``torch.Generator``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,6 +38,7 @@ from baselines.hagan.networks import (
     resolve_widths,
     slab_depth,
 )
+from wdm.model import BenchmarkModel, register_model
 
 __all__ = ["Model"]
 
@@ -56,17 +57,20 @@ def _frozen(*modules: nn.Module) -> Iterator[None]:
             p.requires_grad_(f)
 
 
-class Model:
+@register_model("hagan")
+class Model(BenchmarkModel):
     """HA-GAN: hierarchical generator, spectral-norm discriminators, encoders (see module doc).
 
     Args:
-        cfg: resolved run config; its ``hagan`` section (``$defs/hagan`` in the schema) is used.
+        cfg: resolved run config; its ``hagan`` section (``baselines/hagan/config.schema.yaml``)
+            is used.
         volume_shape: (S, S, S) with S a power of two >= 16.
     """
 
-    name = "hagan"
+    single_objective = False  # four networks updated in alternation
 
     def __init__(self, cfg: dict, volume_shape: Sequence[int]) -> None:
+        super().__init__(cfg, volume_shape)
         self.side = check_volume_shape(tuple(int(s) for s in volume_shape))
         self.low_side = self.side // 4
         self.slab_depth = slab_depth(self.side)  # on the L grid; L/8 from S = 32 up
@@ -85,7 +89,7 @@ class Model:
         return {"generator": self.generator, "discriminator": self.discriminator,
                 "encoder": self.encoder, "sub_encoder": self.sub_encoder}
 
-    def configure_optimizers(self, training_cfg: dict) -> dict[str, torch.optim.Optimizer]:
+    def configure_optimizers(self, training: Mapping[str, Any]) -> dict[str, torch.optim.Optimizer]:
         """Adam for G (lr_g), D (lr_d), E^H and E^A (lr_e), all with ``hagan.betas``."""
         h = self.hcfg
         betas = (float(h["betas"][0]), float(h["betas"][1]))
@@ -119,8 +123,13 @@ class Model:
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, x: torch.Tensor, generator: torch.Generator,
-                      optimizers: dict[str, torch.optim.Optimizer], step: int) -> dict[str, torch.Tensor]:
-        """One alternating update of D, G, E^H and E^A; returns their losses (``loss`` = D + G)."""
+                      optimizers: dict[str, torch.optim.Optimizer], step: int, *,
+                      shard: tuple[int, int] | None = None,
+                      grad_clip: float | None = None) -> dict[str, torch.Tensor]:
+        """One alternating update of D, G, E^H and E^A; returns their losses (``loss`` = D + G).
+
+        ``shard`` and ``grad_clip`` do not apply (one process, no clipping, as upstream).
+        """
         G, D, E, SE = self.generator, self.discriminator, self.encoder, self.sub_encoder
         b, dev = x.shape[0], x.device
         slab = self.sample_slab(generator)

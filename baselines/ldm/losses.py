@@ -51,20 +51,9 @@ class MedicalNetPerceptual(nn.Module):
     def train(self, mode: bool = True) -> MedicalNetPerceptual:  # always frozen BN statistics
         return super().train(False)
 
-    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        n = self.net
-        h = n.relu(n.bn1(n.conv1(x)))
-        out = [h]
-        h = n.layer1(n.maxpool(h))
-        out.append(h)
-        h = n.layer2(h)
-        out.append(h)
-        out.append(n.layer3(h))
-        return out
-
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         total = x.new_zeros(())
-        for fx, fy in zip(self._features(x), self._features(y), strict=True):
+        for fx, fy in zip(self.net.feature_maps(x), self.net.feature_maps(y), strict=True):
             fx = fx / (fx.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             fy = fy / (fy.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
             total = total + (fx - fy).pow(2).sum(1).mean()

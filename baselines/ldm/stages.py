@@ -13,12 +13,16 @@
 
 Deviation, stated: the diffusion objective is this suite's x0-prediction MSE (WDM's), not Khader
 et al.'s epsilon-prediction L1; their 2D slice discriminator is not built (3D patch-GAN only).
+
+Both stages register as model ``ldm`` (:func:`wdm.model.register_model`), chosen by ``ldm.stage``.
+Stage 1 trains into ``{model folder}/vqgan``, stage 2 into ``{model folder}/run`` and, unless
+``ldm.vqgan_run`` says otherwise, freezes the VQ-GAN of the sibling ``vqgan`` folder.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.ldm.losses import build_perceptual, hinge_d_loss, hinge_g_loss
+from baselines.ldm.config import stage_config
+from baselines.ldm.losses import MedicalNetPerceptual, build_perceptual, hinge_d_loss, hinge_g_loss
 from baselines.ldm.vqgan import ARCH_KEYS, VQGAN, build_discriminator, build_vqgan, vqgan_settings
-from wdm.diffusion import GaussianDiffusion
+from eval.features import medicalnet_resnet
+from wdm.checkpoints import latest_checkpoint, load_checkpoint
 from wdm.io import InputError
-from wdm.networks import build_network
+from wdm.model import BenchmarkModel, DiffusionModel, register_model
 from wdm.oom import STATUS_OOM, UpstreamOutOfMemory, read_status
-from wdm.samplers import get_sampler
 
 __all__ = ["VQGANStage", "LatentDiffusionStage", "FrozenCodec", "load_vqgan_run"]
 
@@ -41,14 +46,15 @@ log = logging.getLogger(__name__)
 _BETAS = (0.5, 0.9)
 
 
-class VQGANStage:
+@register_model("ldm", stage="vqgan")
+class VQGANStage(BenchmarkModel):
     """Stage 1: the VQ-GAN and its 3D patch discriminator. ``cfg``: resolved run config."""
 
-    name = "ldm"
+    single_objective = False  # two networks updated in alternation
 
     def __init__(self, cfg: dict, volume_shape: Sequence[int]) -> None:
+        super().__init__(cfg, volume_shape)
         self.settings = s = vqgan_settings(cfg["ldm"]["vqgan"])
-        self.volume_shape = tuple(volume_shape)
         self.vqgan = build_vqgan(s)
         self.latent_shape = self.vqgan.latent_shape(self.volume_shape)
         self.disc = build_discriminator(s)
@@ -58,24 +64,49 @@ class VQGANStage:
         log.info("ldm stage 1 (VQ-GAN): latents %s, %d codes; perceptual loss %s",
                  self.latent_shape, s["n_codes"], self.perceptual_label)
 
+    @classmethod
+    def stage_config(cls, cfg: dict, run_dir: Path) -> dict:
+        """Steps and batch size from ``ldm.vqgan``; no stage-1 run to read."""
+        return stage_config(cfg, "vqgan")
+
     def modules(self) -> dict[str, nn.Module]:
         return {"vqgan": self.vqgan, "disc": self.disc}
+
+    @classmethod
+    def for_probe(cls, cfg: dict, volume_shape: Sequence[int]) -> tuple[VQGANStage, list[str]]:
+        """A config that downloads MedicalNet perceptual weights (``hub:``) that are absent here
+        gets an untrained MedicalNet (a probe never downloads; the cost does not depend on
+        weights); with ``auto:`` the run trains without the term, and so does the probe."""
+        vq = cfg["ldm"]["vqgan"]
+        weights = vq["perceptual_weights"]
+        if not str(weights).startswith("hub:"):
+            return cls(cfg, volume_shape), []
+        local = {**cfg, "ldm": {**cfg["ldm"], "vqgan": {**vq, "perceptual_weights": "auto:" + weights[4:]}}}
+        model = cls(local, volume_shape)
+        if model.perceptual is not None:
+            return model, []
+        model.perceptual = MedicalNetPerceptual(medicalnet_resnet(vq["perceptual_depth"]))
+        return model, ["untrained MedicalNet perceptual network"]
 
     def run_info(self) -> dict[str, Any]:
         """Facts recorded in ``train_profile.json`` (``model_info``)."""
         return {"stage": "vqgan", "latent_shape": list(self.latent_shape),
                 "perceptual": self.perceptual_label, "vqgan": self.settings}
 
-    def configure_optimizers(self, training_cfg: dict) -> dict[str, torch.optim.Optimizer]:
+    def configure_optimizers(self, training: Mapping[str, Any]) -> dict[str, torch.optim.Optimizer]:
+        """Adam (betas (0.5, 0.9)) for the VQ-GAN and for the discriminator."""
         s = self.settings
         return {"vqgan": torch.optim.Adam(self.vqgan.parameters(), lr=s["lr"], betas=_BETAS),
                 "disc": torch.optim.Adam(self.disc.parameters(), lr=s["disc_lr"], betas=_BETAS)}
 
     def training_step(self, x: torch.Tensor, generator: torch.Generator,
-                      optimizers: dict[str, torch.optim.Optimizer], step: int) -> dict[str, torch.Tensor]:
+                      optimizers: dict[str, torch.optim.Optimizer], step: int, *,
+                      shard: tuple[int, int] | None = None,
+                      grad_clip: float | None = None) -> dict[str, torch.Tensor]:
         """One VQ-GAN update and (from ``disc_start`` on) one discriminator update.
 
         ``x``: (B, 1, D, H, W) in [-1, 1]; ``step``: 0-based. Returns the loss terms (``loss`` first).
+        ``shard`` and ``grad_clip`` do not apply (one process, no clipping).
         """
         s = self.settings
         gan_on = step >= s["disc_start"]
@@ -109,12 +140,14 @@ class VQGANStage:
                 "perplexity": info["perplexity"], "restarted": info["restarted"],
                 "perceptual_on": torch.tensor(float(self.perceptual is not None))}
 
-    def loss(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, x: torch.Tensor, generator: torch.Generator,
+             shard: tuple[int, int] | None = None) -> torch.Tensor:
         """Reconstruction objective without updates of the discriminator (for inspection)."""
         x_rec, info = self.vqgan(x, generator)
         return self.settings["l1_weight"] * F.l1_loss(x_rec, x) + info["commitment"]
 
     def generate(self, n: int, generator: torch.Generator, **sampling: Any) -> torch.Tensor:
+        """Stage 1 generates nothing: an error that names the stage to sample."""
         raise InputError("this is an ldm stage-1 (VQ-GAN) run, which generates nothing; sample the "
                          "stage-2 run (ldm.stage: diffusion) trained on it")
 
@@ -161,8 +194,6 @@ def load_vqgan_run(run_dir: str | Path, settings: dict, volume_shape: Sequence[i
     Raises :class:`InputError` if the run is missing, is not an ldm stage-1 run, was trained on other
     volume shapes or with a different VQ-GAN architecture than ``settings``.
     """
-    from wdm.train import latest_checkpoint, load_checkpoint  # wdm.train imports wdm.model
-
     run_dir = Path(run_dir)
     status, profile = read_status(run_dir / "train_profile.json")
     if status == STATUS_OOM:
@@ -192,10 +223,14 @@ def load_vqgan_run(run_dir: str | Path, settings: dict, volume_shape: Sequence[i
     return ckpt["model"]["vqgan"]
 
 
-class LatentDiffusionStage:
-    """Stage 2: diffusion U-Net on normalised VQ-GAN latents. ``cfg``: resolved run config."""
+@register_model("ldm", stage="diffusion")
+class LatentDiffusionStage(DiffusionModel):
+    """Stage 2: diffusion U-Net on normalised VQ-GAN latents. ``cfg``: resolved run config.
 
-    name = "ldm"
+    A :class:`~wdm.model.DiffusionModel` whose representation is the frozen codec: ``encode`` =
+    VQ-GAN encoder + normalisation, ``decode`` = denormalisation + (optionally quantised) decoder,
+    ``clip_x0`` = the default clamp of the normalised latents to [-1, 1].
+    """
 
     def __init__(self, cfg: dict, volume_shape: Sequence[int]) -> None:
         lcfg = cfg["ldm"]
@@ -203,14 +238,7 @@ class LatentDiffusionStage:
         self.quantize = bool(lcfg["quantize_samples"])
         self.codec = FrozenCodec(build_vqgan(self.settings))
         self.latent_shape = self.codec.vqgan.latent_shape(volume_shape)
-        c = self.latent_shape[0]
-        self.network = build_network(cfg["network"], in_channels=c, out_channels=c)
-        f = self.network.downsample_factor
-        if any(s % f for s in self.latent_shape[1:]):
-            raise InputError(f"network: preset {cfg['network'].get('preset')!r} halves the latent "
-                             f"grid {self.latent_shape[1:]} {f.bit_length() - 1} times; each side "
-                             f"must be divisible by {f}: use fewer channel_mult levels")
-        self.diffusion = GaussianDiffusion.from_config(cfg["diffusion"])
+        super().__init__(cfg, volume_shape, self.latent_shape)
         self.vqgan_run = lcfg["vqgan_run"]
         if self.vqgan_run and Path(self.vqgan_run).is_dir():
             sd = load_vqgan_run(self.vqgan_run, self.settings, volume_shape)
@@ -222,6 +250,11 @@ class LatentDiffusionStage:
             log.info("ldm.vqgan_run %s not found: the VQ-GAN must come from this run's checkpoint",
                      self.vqgan_run)
 
+    @classmethod
+    def stage_config(cls, cfg: dict, run_dir: Path) -> dict:
+        """``ldm.vqgan_run`` defaults to the stage-1 folder beside ``run_dir`` (``../vqgan``)."""
+        return stage_config(cfg, "diffusion", cfg["ldm"].get("vqgan_run") or run_dir.parent / "vqgan")
+
     def modules(self) -> dict[str, nn.Module]:
         return {"network": self.network, "codec": self.codec}
 
@@ -232,10 +265,14 @@ class LatentDiffusionStage:
                 "latent_range": [float(self.codec.lo), float(self.codec.hi)],
                 "n_trainable_parameters": sum(p.numel() for p in self.network.parameters())}
 
-    def configure_optimizers(self, training_cfg: dict) -> dict[str, torch.optim.Optimizer]:
-        """AdamW on the U-Net only (the VQ-GAN is frozen)."""
-        return {"main": torch.optim.AdamW(self.network.parameters(), lr=training_cfg["lr"],
-                                          weight_decay=training_cfg["weight_decay"])}
+    @classmethod
+    def for_probe(cls, cfg: dict, volume_shape: Sequence[int]) -> tuple[LatentDiffusionStage, list[str]]:
+        """Without its stage-1 run a probe gets the random VQ-GAN's codebook range."""
+        model = cls(cfg, volume_shape)
+        if bool(model.codec.ready):
+            return model, []
+        model.codec.set_range()
+        return model, ["untrained stage-1 VQ-GAN"]
 
     def _check_ready(self) -> None:
         if not bool(self.codec.ready):
@@ -248,24 +285,11 @@ class LatentDiffusionStage:
         self._check_ready()
         return self.codec.normalize(self.codec.vqgan.encode(x))
 
-    def loss(self, x: torch.Tensor, generator: torch.Generator,
-             shard: tuple[int, int] | None = None) -> torch.Tensor:
-        """x0-prediction MSE on the normalised latents of ``x`` (B, 1, D, H, W); ``shard`` as in
-        :meth:`wdm.diffusion.GaussianDiffusion.training_loss` (data-parallel training)."""
-        return self.diffusion.training_loss(self.network, self.encode(x), generator, shard=shard)
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised latents -> (B, 1, D, H, W) voxels through the (quantising) decoder."""
+        return self.codec.vqgan.decode(self.codec.denormalize(z), quantize=self.quantize)
 
-    @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator, *, sampler: str = "ddim",
-                 steps: int | None = None, eta: float = 0.0, device: torch.device | str = "cpu",
-                 progress: bool = False) -> torch.Tensor:
+    def generate(self, n: int, generator: torch.Generator, **sampling: Any) -> torch.Tensor:
         """Sample ``n`` latents and decode them: (n, 1, D, H, W) voxels in [-1, 1]."""
         self._check_ready()
-        fn = get_sampler(sampler)
-        kwargs: dict[str, Any] = {"eta": eta} if sampler == "ddim" else {}
-
-        def denoise(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.network(z_t, t).clamp(-1.0, 1.0)
-
-        z = fn(denoise, self.diffusion, (n, *self.latent_shape), generator=generator, steps=steps,
-               progress=progress, device=device, **kwargs)
-        return self.codec.vqgan.decode(self.codec.denormalize(z), quantize=self.quantize).clamp(-1.0, 1.0)
+        return super().generate(n, generator, **sampling)

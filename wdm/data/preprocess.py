@@ -3,7 +3,7 @@
 Every function takes and returns arrays (no I/O) and keeps the volume's 4×4 voxel-to-world affine
 consistent with what it did to the array, so a saved output lands where the input was in space.
 The steps and their order follow the WDM paper's preprocessing (Friedrich et al. 2024,
-arXiv 2402.19043; ../shared/DESIGN.md §1).
+arXiv 2402.19043, and the authors' preprocessing code).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Runtime and memory measurement shared by training, sampling and the benchmarks.
+"""Devices, runtime and memory measurement shared by training, sampling, probes and benchmarks.
 
-Peak memory is measured inside the process (Snakemake's ``benchmark:`` samples too coarsely, see
-DESIGN.md §4): on CUDA ``torch.cuda.max_memory_allocated``; on CPU the peak resident set size
-(``resource.getrusage``, which includes the interpreter and libraries: an upper bound).
+Peak memory is measured inside the process (Snakemake's ``benchmark:`` samples too coarsely: every
+0.5 s, then every 30 s): on CUDA ``torch.cuda.max_memory_allocated``; on CPU the peak resident set
+size (``resource.getrusage``, which includes the interpreter and libraries: an upper bound).
 """
 
 from __future__ import annotations
@@ -14,8 +14,32 @@ import sys
 
 import torch
 
-__all__ = ["reset_peak_memory", "peak_memory_gb", "max_rss_gb", "rusage_max_rss_gb", "current_rss_gb",
-           "median_seconds", "device_description"]
+from wdm.io import InputError
+
+__all__ = ["resolve_device", "reset_peak_memory", "peak_memory_gb", "peak_memory_kind", "max_rss_gb",
+           "rusage_max_rss_gb", "current_rss_gb", "median_seconds", "device_description"]
+
+
+def resolve_device(name: str, index: int | None = None) -> torch.device:
+    """'auto' -> CUDA if available else CPU; 'cuda' without a GPU is an :class:`InputError`.
+
+    ``index``: the GPU of this process (torchrun's LOCAL_RANK) under data-parallel training.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' requested but no CUDA device is available")
+    if name == "cuda" and index is not None:
+        if index >= torch.cuda.device_count():
+            raise InputError(f"process LOCAL_RANK {index} has no GPU: {torch.cuda.device_count()} "
+                             "visible; start at most one process per GPU")
+        return torch.device("cuda", index)
+    return torch.device(name)
+
+
+def peak_memory_kind(device: torch.device | str) -> str:
+    """What :func:`peak_memory_gb` measures on ``device`` (recorded beside every peak)."""
+    return "cuda_max_allocated" if torch.device(device).type == "cuda" else "process_peak_rss"
 
 
 def reset_peak_memory(device: torch.device | str) -> None:

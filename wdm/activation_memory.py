@@ -1,4 +1,4 @@
-"""Training memory of a model that does not fit: count it instead of allocating it (issue 7.2).
+"""Training memory of a model that does not fit: count it instead of allocating it.
 
 A training step's memory is dominated by (a) the parameters with their gradients and AdamW's two
 moments (4 × the trainable parameter bytes) and (b) the activations autograd saves in the forward
@@ -43,17 +43,17 @@ def count_training_memory(cfg: dict, resolution: int, *, batch_size: int = 1, se
         ``saved_activations_gb``, ``param_state_gb`` (weights + grads + 2 AdamW moments),
         ``estimate_gb`` (their sum), ``n_saved`` (distinct saved storages), ``n_parameters``.
     """
-    from eval.probe import _build, _complete
+    from wdm.probe import _build
 
     torch.manual_seed(seed)
-    model, note = _build(cfg, (resolution,) * 3)
-    if hasattr(model, "training_step"):
+    model, notes = _build(cfg, (resolution,) * 3)
+    if not model.single_objective:
         raise ValueError(f"model {cfg['model']!r} trains with its own training_step: its saved "
                          "activations cannot be counted through loss()")
     modules = model.modules()
     for m in modules.values():
         m.to(device).train()
-    note = "; ".join(n for n in (note, _complete(model, modules, cfg, False)) if n) or None
+    note = "; ".join(notes) or None
     params = [p for m in modules.values() for p in m.parameters()]
     trainable = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
     param_ptrs = {p.untyped_storage().data_ptr() for p in params}

@@ -1,4 +1,4 @@
-"""Probe: peak memory and seconds per iteration of one model at one resolution (issues 6.2, 7.2).
+"""Probe: peak memory and seconds per iteration of one model at one resolution.
 
 One probe builds a model from a run config at volume shape (R, R, R) (``get_model_class(cfg["model"])
 (cfg, shape)``, seeded as :func:`wdm.train.train` does), draws a random batch of ``batch_size`` volumes
@@ -21,7 +21,7 @@ forward pass and loss; around the whole ``training_step`` for models that own th
 
 Memory: on CUDA ``torch.cuda.max_memory_allocated`` (``peak_memory_kind: cuda_max_allocated``); on
 CPU the peak resident set size of the process (``ru_maxrss``), which cannot be reset. Each probe
-therefore runs in its own child process (:func:`probe_isolated`, ``python -m eval.probe``) and the
+therefore runs in its own child process (:func:`probe_isolated`, ``python -m wdm.probe``) and the
 result also gives the RSS right after imports (``rss_baseline_gb``) and ``peak_minus_baseline_gb``.
 
 Out of memory: on CUDA ``memory_limit_gb`` sets ``torch.cuda.set_per_process_memory_fraction``; on CPU
@@ -50,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,22 +81,25 @@ def apply_memory_limit(gb: float) -> str:
 
 def _rss_gb() -> float:
     """Current resident set size in GB (Linux /proc; the peak elsewhere)."""
-    from eval.profiling import current_rss_gb, max_rss_gb
+    from wdm.profiling import current_rss_gb, max_rss_gb
 
     rss = current_rss_gb()
     return max_rss_gb() if rss is None else rss
 
 
-def _build(cfg: dict, shape: tuple[int, int, int]) -> tuple[Any, str | None]:
-    """The model; a U-Net too deep for its input grid loses its last levels (returned as a note)."""
-    from wdm.model import get_model_class
+def _build(cfg: dict, shape: tuple[int, int, int]) -> tuple[Any, list[str]]:
+    """The model as a probe measures it (:meth:`~wdm.model.BenchmarkModel.for_probe`) and notes;
+    a U-Net too deep for its input grid loses its last levels (noted)."""
+    from wdm.model import get_model_class, model_stages
     from wdm.networks import NETWORK_PRESETS
 
-    cls = get_model_class(cfg["model"])
-    note = None
+    stages = model_stages(cfg["model"])
+    cls = get_model_class(cfg["model"], None if None in stages else cfg[cfg["model"]]["stage"])
+    notes: list[str] = []
     while True:
         try:
-            return cls(cfg, shape), note
+            model, stand_ins = cls.for_probe(cfg, shape)
+            return model, notes + stand_ins
         except ValueError as exc:  # InputError is a ValueError
             net = cfg["network"]
             preset = NETWORK_PRESETS.get(net["preset"], {})
@@ -104,31 +107,8 @@ def _build(cfg: dict, shape: tuple[int, int, int]) -> tuple[Any, str | None]:
             if "divisible" not in str(exc) or len(mult) < 2:
                 raise
             net["channel_mult"] = mult[:-1]
-            note = f"network.channel_mult truncated to {mult[:-1]} to fit the {shape} volumes"
-            log.warning("%s", note)
-
-
-def _complete(model: Any, modules: dict, cfg: dict, needs_perceptual: bool) -> str | None:
-    """Stand in untrained parts a probe lacks (costs do not depend on weights); returns a note.
-
-    An ldm stage 2 without its stage-1 run gets the random VQ-GAN's codebook range; a VQ-GAN stage
-    whose config downloads MedicalNet perceptual weights (``hub:``) that are not on this machine gets
-    an untrained MedicalNet (with ``auto:`` the run itself would train without the term, and so does
-    the probe).
-    """
-    notes = []
-    codec = modules.get("codec")
-    if codec is not None and hasattr(codec, "ready") and not bool(codec.ready):
-        codec.set_range()
-        notes.append("untrained stage-1 VQ-GAN")
-    vq = cfg.get("ldm", {}).get("vqgan", {})
-    if needs_perceptual and getattr(model, "perceptual", False) is None:
-        from baselines.ldm.losses import MedicalNetPerceptual
-        from eval.features import medicalnet_resnet
-
-        model.perceptual = MedicalNetPerceptual(medicalnet_resnet(vq["perceptual_depth"]))
-        notes.append("untrained MedicalNet perceptual network")
-    return "; ".join(notes) or None
+            notes = [f"network.channel_mult truncated to {mult[:-1]} to fit the {shape} volumes"]
+            log.warning("%s", notes[0])
 
 
 @contextlib.contextmanager
@@ -156,31 +136,25 @@ def measure(cfg: dict, resolution: int, mode: str, *, batch_size: int = 1, repea
 
     from wdm.config import config_hash, resolve_run_config
     from wdm.io import code_version
+    from wdm.records import PROBE, make_record
 
     if mode not in MODES or precision not in PRECISIONS:
         raise ValueError(f"mode must be one of {MODES} and precision one of {PRECISIONS}")
     cfg = resolve_run_config(cfg)
-    vq = cfg["ldm"]["vqgan"]
-    needs_perceptual = str(vq.get("perceptual_weights")).startswith("hub:")
-    if needs_perceptual:  # a probe never downloads: local weights, else an untrained stand-in
-        vq["perceptual_weights"] = "auto:" + vq["perceptual_weights"].removeprefix("hub:")
     if checkpointing:
         cfg["network"]["use_checkpoint"] = True
+    cfg["training"]["precision"] = precision
     dev = torch.device(device)
     baseline = _rss_gb() if rss_baseline_gb is None else rss_baseline_gb
-    res: dict[str, Any] = {
-        "model": cfg["model"], "stage": cfg["ldm"]["stage"] if cfg["model"] == "ldm" else None,
-        "mode": mode, "resolution": int(resolution), "batch_size": batch_size,
-        "options": {"checkpointing": checkpointing, "precision": precision, "network": cfg["network"]},
-        "status": "ok", "error": None, "note": None, "s_per_it": None, "s_per_it_all": [],
-        "n_parameters": None, "device": None, "config_hash": config_hash(cfg),
-        "code_version": code_version(),
-    }
+    res = make_record(
+        PROBE, model=cfg["model"], stage=(cfg.get(cfg["model"]) or {}).get("stage"), mode=mode,
+        resolution=int(resolution), batch_size=batch_size,
+        options={"checkpointing": checkpointing, "precision": precision, "network": cfg["network"]},
+        s_per_it_all=[], config_hash=config_hash(cfg), code_version=code_version())
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     try:
-        _run(cfg, res, int(resolution), mode, batch_size, repeats, precision, sample_steps, dev, seed,
-             needs_perceptual)
+        _run(cfg, res, int(resolution), mode, batch_size, repeats, sample_steps, dev, seed)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a row, OOM first
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -188,11 +162,19 @@ def measure(cfg: dict, resolution: int, mode: str, *, batch_size: int = 1, repea
 
         res["status"] = "oom" if is_out_of_memory(exc) else "error"
         res["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+    _record_memory(res, dev, baseline)
+    return res
+
+
+def _record_memory(res: dict[str, Any], dev: torch.device, baseline: float) -> None:
+    """The peak memory of the probe (CUDA allocations, or the process's peak RSS) into ``res``."""
     import gc
 
-    gc.collect()
-    from eval.profiling import device_description, max_rss_gb
+    import torch
 
+    from wdm.profiling import device_description, max_rss_gb
+
+    gc.collect()
     res["device"] = device_description(dev)
     if dev.type == "cuda":
         res.update(peak_memory_gb=torch.cuda.max_memory_allocated(dev) / _GB, rss_baseline_gb=0.0,
@@ -201,105 +183,110 @@ def measure(cfg: dict, resolution: int, mode: str, *, batch_size: int = 1, repea
         res.update(peak_memory_gb=max_rss_gb(), rss_baseline_gb=baseline,
                    peak_memory_kind="process_peak_rss")
     res["peak_minus_baseline_gb"] = res["peak_memory_gb"] - res["rss_baseline_gb"]
-    return res
 
 
-def _run(cfg: dict, res: dict, r: int, mode: str, batch: int, repeats: int, precision: str,
-         sample_steps: int, dev: torch.device, seed: int, needs_perceptual: bool) -> None:
+def _run(cfg: dict, res: dict, r: int, mode: str, batch: int, repeats: int, sample_steps: int,
+         dev: torch.device, seed: int) -> None:
     """Build, step and time; fills ``res`` in place (so a failure keeps what was measured)."""
     import torch
 
     torch.manual_seed(cfg["training"]["seed"])
-    model, res["note"] = _build(cfg, (r, r, r))
-    modules = model.modules()
-    for m in modules.values():
-        m.to(dev).train(mode == "train")
-    stand_ins = _complete(model, modules, cfg, needs_perceptual)
-    res["note"] = "; ".join(filter(None, [res["note"], stand_ins])) or None
-    res["options"]["checkpointing"] = bool(getattr(modules.get("network"), "use_checkpoint", False))
+    model, notes = _build(cfg, (r, r, r))
+    res["note"] = "; ".join(notes) or None
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    if mode == "train":
+        times = _time_training(model, cfg, res, r, batch, repeats, dev, gen)
+    else:
+        times = _time_sampling(model, cfg, res, batch, repeats, sample_steps, dev, gen)
+    res["s_per_it_all"] = times
+    res["s_per_it"] = statistics.median(times)
+
+
+def _sync(dev: torch.device) -> Callable[[], None]:
+    import torch
+
+    return torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+
+def _count_parameters(res: dict[str, Any], modules: dict[str, Any]) -> None:
     params = [p for m in modules.values() for p in m.parameters()]
     res["n_parameters"] = sum(p.numel() for p in params)
     res["n_trainable_parameters"] = sum(p.numel() for p in params if p.requires_grad)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    times: list[float] = []
-    if mode == "train":
-        tcfg = cfg["training"]
-        x = (torch.rand((batch, 1, r, r, r), generator=gen, device=dev) * 2.0 - 1.0)
-        if hasattr(model, "configure_optimizers"):
-            opts = model.configure_optimizers(tcfg)
-        else:
-            opts = {"main": torch.optim.AdamW([p for p in params if p.requires_grad], lr=tcfg["lr"],
-                                              weight_decay=tcfg["weight_decay"])}
 
-        def step(i: int) -> None:
-            if hasattr(model, "training_step"):
-                with _autocast(dev, precision):
-                    model.training_step(x, gen, opts, STEADY_STEP + i)
-                return
-            with _autocast(dev, precision):
-                loss = model.loss(x, gen)
-            for o in opts.values():
-                o.zero_grad(set_to_none=True)
-            loss.float().backward()
-            for o in opts.values():
-                o.step()
 
+def _time_training(model: Any, cfg: dict, res: dict[str, Any], r: int, batch: int, repeats: int,
+                   dev: torch.device, gen: torch.Generator) -> list[float]:
+    """One warm-up and ``repeats`` timed training steps, set up exactly as :mod:`wdm.train` does."""
+    import torch
+
+    from wdm.loop import setup_training
+
+    training = setup_training(model, cfg["training"], dev)
+    res["options"]["checkpointing"] = training.activation_checkpointing
+    _count_parameters(res, training.modules)
+    x = torch.rand((batch, 1, r, r, r), generator=gen, device=dev) * 2.0 - 1.0
+    sync, times = _sync(dev), []
+    for i in range(1 + repeats):
+        sync()
+        t0 = time.perf_counter()
+        training.step(model, x, gen, STEADY_STEP + i)
+        sync()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def _time_sampling(model: Any, cfg: dict, res: dict[str, Any], batch: int, repeats: int,
+                   sample_steps: int, dev: torch.device, gen: torch.Generator) -> list[float]:
+    """One warm-up and ``repeats`` timed ``generate`` calls of ``k = sample_steps`` steps; the
+    sampling network's forward passes are timed by hooks (a one-pass model: the whole call)."""
+    import torch
+
+    modules = model.modules()
+    for m in modules.values():
+        m.to(dev).eval()
+    res["options"]["checkpointing"] = model.activation_checkpointing()
+    _count_parameters(res, modules)
+    scfg, precision, sync = cfg["sampling"], cfg["training"]["precision"], _sync(dev)
+    net = model.sampling_network()
+    full_steps = model.network_evaluations(scfg)
+    k = min(sample_steps, full_steps)
+    calls, starts, totals, times = [], [], [], []
+    def pre_hook(*_: Any) -> None:
+        sync()
+        starts.append(time.perf_counter())
+
+    def post_hook(*_: Any) -> None:
+        sync()
+        calls.append(time.perf_counter() - starts.pop())
+
+    if net is not None:
+        net.register_forward_pre_hook(pre_hook)
+        net.register_forward_hook(post_hook)
+    with torch.no_grad():
         for i in range(1 + repeats):
+            calls.clear()
             sync()
             t0 = time.perf_counter()
-            step(i)
+            with _autocast(dev, precision):
+                model.generate(batch, gen, sampler=scfg["sampler"], steps=k, eta=scfg["eta"], device=dev)
             sync()
             if i:
-                times.append(time.perf_counter() - t0)
-    else:
-        scfg = cfg["sampling"]
-        net = modules.get("network")
-        diffusion = getattr(model, "diffusion", None)
-        stepped = net is not None and diffusion is not None  # a diffusion sampler, else one pass
-        full_steps = min(scfg["steps"], diffusion.num_timesteps) if stepped else 1
-        k = min(sample_steps, full_steps)
-        calls: list[float] = []
-        if stepped:
-            starts: list[float] = []
-
-            def pre_hook(*_: Any) -> None:
-                sync()
-                starts.append(time.perf_counter())
-
-            def post_hook(*_: Any) -> None:
-                sync()
-                calls.append(time.perf_counter() - starts.pop())
-
-            net.register_forward_pre_hook(pre_hook)
-            net.register_forward_hook(post_hook)
-        totals: list[float] = []
-        with torch.no_grad():
-            for i in range(1 + repeats):
-                calls.clear()
-                sync()
-                t0 = time.perf_counter()
-                with _autocast(dev, precision):
-                    model.generate(batch, gen, sampler=scfg["sampler"], steps=k, eta=scfg["eta"],
-                                   device=dev)
-                sync()
-                if i:
-                    totals.append(time.perf_counter() - t0)
-                    times.append(sum(calls) / len(calls) if calls else totals[-1])
-        s_step, s_total = statistics.median(times), statistics.median(totals)
-        other = max(s_total - s_step * k, 0.0) if stepped else 0.0  # encoding, decoding, sampler maths
-        res.update(sampler=scfg["sampler"] if stepped else None, sampler_steps=full_steps,
-                   probe_sample_steps=k, s_generate_probe=s_total,
-                   s_per_volume=(full_steps * s_step + other) / batch)
-    res["s_per_it_all"] = times
-    res["s_per_it"] = statistics.median(times)
+                totals.append(time.perf_counter() - t0)
+                times.append(sum(calls) / len(calls) if calls else totals[-1])
+    s_step, s_total = statistics.median(times), statistics.median(totals)
+    other = max(s_total - s_step * k, 0.0) if net is not None else 0.0  # decoding, sampler maths
+    res.update(sampler=scfg["sampler"] if net is not None else None, sampler_steps=full_steps,
+               probe_sample_steps=k, s_generate_probe=s_total,
+               s_per_volume=(full_steps * s_step + other) / batch)
+    return times
 
 
 # -- isolation ----------------------------------------------------------------------------------------
 def probe_isolated(config: str | os.PathLike | dict, resolution: int, mode: str, *,
                    memory_limit_gb: float | None = None, timeout_s: float | None = None,
                    threads: int | None = None, **options: Any) -> dict[str, Any]:
-    """Run :func:`measure` in a fresh child process (``python -m eval.probe``); never raises for a
+    """Run :func:`measure` in a fresh child process (``python -m wdm.probe``); never raises for a
     failed probe. ``options``: the keyword arguments of :func:`measure`. Adds ``wall_s``,
     ``child_peak_rss_gb`` (from ``wait4``, also for a killed child) and the memory-limit options."""
     from wdm.config import dump_yaml, load_run_config
@@ -309,7 +296,7 @@ def probe_isolated(config: str | os.PathLike | dict, resolution: int, mode: str,
     with tempfile.TemporaryDirectory(prefix="wdm-probe-") as tmp:
         cfg_path, out, err_path = Path(tmp) / "run.yaml", Path(tmp) / "probe.json", Path(tmp) / "stderr"
         cfg_path.write_text(dump_yaml(cfg))
-        cmd = [sys.executable, "-m", "eval.probe", "--config", str(cfg_path), "--resolution",
+        cmd = [sys.executable, "-m", "wdm.probe", "--config", str(cfg_path), "--resolution",
                str(resolution), "--mode", mode, "--out", str(out)]
         for key, val in options.items():
             flag = "--" + key.replace("_", "-")
@@ -330,29 +317,38 @@ def probe_isolated(config: str | os.PathLike | dict, resolution: int, mode: str,
             status, usage, timed_out = _wait(proc, timeout_s)
         code = os.waitstatus_to_exitcode(status)
         stderr_tail = " | ".join(err_path.read_text(errors="replace").strip().splitlines()[-5:])
-        from eval.profiling import rusage_max_rss_gb
+        from wdm.profiling import rusage_max_rss_gb
 
         child_peak = rusage_max_rss_gb(usage)
         if out.exists() and code == 0:
             res = json.loads(out.read_text())
         else:
-            res = {"model": cfg.get("model"), "mode": mode, "resolution": int(resolution),
-                   "batch_size": options.get("batch_size", 1), "s_per_it": None, "s_per_it_all": [],
-                   "peak_memory_gb": child_peak, "options": {k: v for k, v in options.items()}}
-            if timed_out:
-                res.update(status="timeout", error=f"killed after the {timeout_s:.0f} s timeout")
-            elif code < 0 and (-code == signal.SIGKILL
-                               or (memory_limit_gb and -code in _OOM_SIGNALS_UNDER_LIMIT)):
-                res.update(status="oom", error=f"child killed by {signal.Signals(-code).name} "
-                                               "(out of memory: kernel OOM killer or the memory limit)")
-            else:
-                res.update(status="error", error=f"child exited with {code}: {stderr_tail[-500:]}")
+            res = _failed_probe(cfg, mode, resolution, options, child_peak, code, timed_out,
+                                timeout_s, memory_limit_gb, stderr_tail)
     res.setdefault("options", {}).update(memory_limit_gb=memory_limit_gb, threads=threads)
     res["child_peak_rss_gb"] = child_peak
     res["wall_s"] = time.perf_counter() - t0
     log.info("-> %s: %s s/it, peak %.3g GB%s", res["status"], _fmt(res.get("s_per_it")),
              res.get("peak_memory_gb") or float("nan"), f" ({res['error']})" if res.get("error") else "")
     return res
+
+
+def _failed_probe(cfg: dict, mode: str, resolution: int, options: dict[str, Any],
+                  child_peak: float, code: int, timed_out: bool, timeout_s: float | None,
+                  memory_limit_gb: float | None, stderr_tail: str) -> dict[str, Any]:
+    """The record of a child that wrote nothing: timeout, killed for memory, or another error."""
+    from wdm.records import PROBE, make_record
+
+    if timed_out:
+        status, error = "timeout", f"killed after the {timeout_s:.0f} s timeout"
+    elif code < 0 and (-code == signal.SIGKILL or (memory_limit_gb and -code in _OOM_SIGNALS_UNDER_LIMIT)):
+        status, error = "oom", (f"child killed by {signal.Signals(-code).name} "
+                                "(out of memory: kernel OOM killer or the memory limit)")
+    else:
+        status, error = "error", f"child exited with {code}: {stderr_tail[-500:]}"
+    return make_record(PROBE, status, error, model=cfg.get("model"), mode=mode,
+                       resolution=int(resolution), batch_size=options.get("batch_size", 1),
+                       s_per_it_all=[], peak_memory_gb=child_peak, options=dict(options))
 
 
 def _fmt(v: float | None) -> str:
@@ -376,7 +372,7 @@ def _wait(proc: subprocess.Popen, timeout_s: float | None) -> tuple[int, Any, bo
 
 # -- command line -------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The probe's options (shared by ``python -m eval.probe`` and ``wdm-bench profile``)."""
+    """The probe's options (shared by ``python -m wdm.probe`` and ``wdm-bench profile``)."""
     p.add_argument("--config", required=True, help="run config YAML (config/models/*.yaml)")
     p.add_argument("--resolution", type=int, required=True, help="cube side R of the volumes")
     p.add_argument("--mode", choices=MODES, required=True)
@@ -412,8 +408,8 @@ def run_cli(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Child entry point: ``python -m eval.probe`` measures in this process (no isolation)."""
-    p = argparse.ArgumentParser(prog="python -m eval.probe", description=__doc__.split("\n")[0])
+    """Child entry point: ``python -m wdm.probe`` measures in this process (no isolation)."""
+    p = argparse.ArgumentParser(prog="python -m wdm.probe", description=__doc__.split("\n")[0])
     add_arguments(p)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
@@ -421,12 +417,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from wdm.config import load_run_config
     from wdm.io import write_json_atomic
-    from wdm.model import get_model_class
+    from wdm.model import model_stages
 
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = load_run_config(a.config)
-    get_model_class(cfg["model"])  # import the model's modules before the baseline is read
+    model_stages(cfg["model"])  # import the model's modules before the baseline is read
     baseline = _rss_gb()
     mechanism = None
     if a.memory_limit_gb and torch.device(a.device).type == "cuda":

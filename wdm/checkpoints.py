@@ -1,0 +1,77 @@
+"""Checkpoints of a run folder: ``RUN/checkpoints/step_NNNNNNN.pt``, written atomically and rotated.
+
+A checkpoint is a dict with ``step``, ``model`` (state dict per module name), ``optimizer`` (per
+optimizer name), ``generator`` (RNG state), ``config`` (the resolved run config), ``data`` (volume
+shape, affine, data folder), ``best`` (the step and interval loss of the best checkpoint so far)
+and ``code_version``. Anything read back goes through ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from wdm.io import InputError, atomic_path
+
+__all__ = ["CHECKPOINT_GLOB", "checkpoint_path", "latest_checkpoint", "best_checkpoint",
+           "load_checkpoint", "save_checkpoint", "remove_partial_checkpoints"]
+
+CHECKPOINT_GLOB = "step_*.pt"
+_REQUIRED = {"step", "model", "config", "data", "best"}
+
+
+def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
+    """``RUN/checkpoints/step_NNNNNNN.pt`` of ``step``."""
+    return Path(run_dir) / "checkpoints" / f"step_{int(step):07d}.pt"
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint with the highest step in ``RUN/checkpoints``, or None."""
+    ckpts = sorted((Path(run_dir) / "checkpoints").glob(CHECKPOINT_GLOB))
+    return ckpts[-1] if ckpts else None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; a corrupt file is an :class:`InputError`."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    missing = _REQUIRED - set(ckpt) if isinstance(ckpt, dict) else {"all"}
+    if missing:
+        raise InputError(f"{path}: not a wdm-bench checkpoint (missing {sorted(missing)})")
+    return ckpt
+
+
+def best_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The kept checkpoint with the lowest interval loss (as recorded by the latest one)."""
+    last = latest_checkpoint(run_dir)
+    if last is None:
+        return None
+    return checkpoint_path(run_dir, load_checkpoint(last)["best"]["step"])
+
+
+def save_checkpoint(run_dir: str | os.PathLike, state: dict, keep_last: int) -> Path:
+    """Write ``step_NNNNNNN.pt`` atomically; keep the last ``keep_last`` and the best one.
+
+    "Best" is the checkpoint with the lowest mean training loss since the previous checkpoint
+    (``state['best']['step']``), so a long run cannot fill the disk and never loses its best.
+    """
+    path = checkpoint_path(run_dir, state["step"])
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    best = checkpoint_path(run_dir, state["best"]["step"])
+    for old in sorted(path.parent.glob(CHECKPOINT_GLOB))[:-keep_last]:
+        if old != best:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def remove_partial_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of a job killed while saving; returns what was removed."""
+    stale = sorted((Path(run_dir) / "checkpoints").glob(".step_*"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
