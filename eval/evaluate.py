@@ -1,6 +1,6 @@
 """Evaluate generated volumes against real ones: 3D FID (MedicalNet features) and MS-SSIM diversity.
 
-Protocols (DESIGN.md, "Evaluation protocol"):
+Protocols (as the authors of each paper evaluate):
 
 - ``wdm`` (Friedrich et al. 2024, the WDM authors' code): MedicalNet ResNet-50 trained on 23 data
   sets (``resnet_50_23dataset.pth``), inputs in [0, 1], global average pooled 2048-d features;
@@ -10,7 +10,9 @@ Protocols (DESIGN.md, "Evaluation protocol"):
 Real-volume features depend only on (data set, resolution, protocol, extractor), so they are
 extracted once (:func:`real_statistics`, saved by :func:`save_real_stats` as an ``.npz``) and
 reused by every model's :func:`evaluate` (``real_stats=``), which checks that the cache was made
-with the same protocol, extractor and weights.
+with the same protocol, extractor and weights. Every setting of both (weights, depth, protocol,
+seeds, MS-SSIM kernel, bootstrap) comes from one :class:`wdm.config.EvaluationSettings`: the
+workflow config's ``evaluation`` section, validated once, with the schema's defaults.
 
 Volumes are read as NIfTI in [0, 1]; every number is stored with the protocol and the feature
 extractor that produced it, so an FID from an untrained network is never mistaken for a MedicalNet
@@ -24,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from eval.metrics import (
     ms_ssim_bootstrap_ci,
     pairwise_ms_ssim,
 )
+from wdm.config import EvaluationSettings
 from wdm.io import (
     InputError,
     atomic_path,
@@ -145,23 +148,28 @@ class _Extractor:
                 "input_range": list(self.input_range)}
 
 
-def real_statistics(real_dir: str | os.PathLike, *, weights: str | None = "auto", depth: int = 50,
-                    protocol: str = "wdm", batch_size: int = 4, seed: int = 0,
-                    n_real: int | None = None, device: str = "cpu",
-                    _extractor: _Extractor | None = None) -> dict[str, Any]:
+def _make_extractor(settings: EvaluationSettings) -> _Extractor:
+    """The feature extractor these settings describe (weights resolved, not yet built)."""
+    return _Extractor(settings.weights, settings.depth, settings.protocol, settings.seed)
+
+
+def real_statistics(real_dir: str | os.PathLike, settings: EvaluationSettings, *,
+                    device: str = "cpu", _extractor: _Extractor | None = None) -> dict[str, Any]:
     """Features of the real volumes and their provenance, for reuse by many evaluations.
 
+    ``settings`` gives the extractor (``weights``, ``depth``, ``protocol``, ``seed``), the
+    extraction ``batch_size`` and ``n_real`` (the first files in sorted order; None = all).
     Returns ``{"features": (N, F) float64, "mu": (F,), "sigma": (F, F), "meta": {...}}``; ``meta``
     holds the protocol, extractor label, weights SHA-256, depth, input range, seed, volume shape,
-    and the file names with their SHA-256. ``n_real`` takes the first files in sorted order.
+    and the file names with their SHA-256.
     """
-    ext = _extractor or _Extractor(weights, depth, protocol, seed)
-    files = _select(real_dir, n_real, "real")
+    ext = _extractor or _make_extractor(settings)
+    files = _select(real_dir, settings.n_real, "real")
     if len(files) < 2:
         raise InputError(f"{real_dir}: need at least 2 real volumes, got {len(files)}")
     shape = tuple(_load_checked(files[0], None).shape)
-    feats = ext.features(_stream(files, shape), batch_size, device)
-    meta = {**ext.identity(), "seed": seed, "shape": list(shape), "real_dir": str(real_dir),
+    feats = ext.features(_stream(files, shape), settings.batch_size, device)
+    meta = {**ext.identity(), "seed": settings.seed, "shape": list(shape), "real_dir": str(real_dir),
             "n_real": len(files), "files": [f.name for f in files],
             "files_sha256": [sha256_file(f) for f in files], "code_version": code_version()}
     return {"features": feats, "mu": feats.mean(0),
@@ -215,90 +223,144 @@ def _sample_seed(fake_dir: str | os.PathLike) -> int | None:
         return None
 
 
-def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike, *,
-             weights: str | None = "auto", depth: int = 50, protocol: str = "wdm",
-             batch_size: int = 4, seed: int = 0, kernel_size: int = 7,
-             n_real: int | None = None, n_fake: int | None = None, device: str = "cpu",
-             max_pairs: int | None = None, n_bootstrap: int = 200, ci_level: float = 0.95,
-             real_stats: str | os.PathLike | None = None) -> dict[str, Any]:
+def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike,
+             settings: EvaluationSettings, *, n_fake: int | None = None,
+             real_stats: str | os.PathLike | None = None, device: str = "cpu") -> dict[str, Any]:
     """FID and MMD between real and generated features, mean pairwise MS-SSIM among the fakes.
 
-    ``weights``: a spec for :func:`eval.features.resolve_weights` (``"auto"`` = the protocol's
-    checkpoint if present locally, else an untrained network, labelled as such; ``"none"`` =
-    untrained). ``real_stats``: a file from :func:`save_real_stats`; its features replace reading
-    ``real_dir`` (which may then be None) after checking protocol, extractor, weights SHA-256 and
-    shape. ``n_real`` / ``n_fake`` take the first volumes in sorted file order (error if fewer
-    exist). Volumes must be 3D, all of one shape, with values in [0, 1] (± ``RANGE_TOL``).
-    ``max_pairs`` limits MS-SSIM to a random subset of pairs drawn with ``seed`` (its standard
-    error is reported). Percentile bootstrap intervals (``n_bootstrap`` resamples, level
-    ``ci_level``, seeded with ``seed``) for FID and mean MS-SSIM; ``n_bootstrap=0`` skips them.
-    Returns a JSON-ready dict (see the keys at the end of this function), with ``"status": "ok"``;
-    or, when ``FAKE/sample_profile.json`` has ``"status": "oom"``, the same keys with
-    :data:`MEASURED_KEYS` null, ``"status": "oom"``, ``"error"`` and ``"failed_stage"`` (from the
-    profile), and nothing read or extracted.
+    FID as in Heusel et al. 2017 on MedicalNet features (Chen et al. 2019), the 3D protocol of
+    Friedrich et al. 2024 (``wdm``) or Sun et al. 2022 (``hagan``); MS-SSIM (Wang et al. 2003)
+    among the generated volumes as a diversity score. ``settings`` (the workflow config's
+    ``evaluation`` section) gives every knob: ``weights`` is a spec for
+    :func:`eval.features.resolve_weights` (``"auto"`` = the protocol's checkpoint if present
+    locally, else an untrained network, labelled as such; ``"none"`` or null = untrained),
+    ``depth``, ``protocol``, ``batch_size``, ``kernel_size`` (MS-SSIM Gaussian window),
+    ``n_real``; ``max_pairs`` limits MS-SSIM to a random subset of pairs drawn with ``seed`` (its
+    standard error is reported); percentile bootstrap intervals (``n_bootstrap`` resamples, level
+    ``ci_level``, seeded with ``seed``) for FID and mean MS-SSIM, ``n_bootstrap=0`` skips them.
+    ``real_stats``: a file from :func:`save_real_stats`; its features replace reading ``real_dir``
+    (which may then be None) after checking protocol, extractor, weights SHA-256 and shape.
+    ``n_real`` / ``n_fake`` take the first volumes in sorted file order (error if fewer exist;
+    ``n_fake`` None = every volume of ``fake_dir``). Volumes must be 3D, all of one shape, with
+    values in [0, 1] (± ``RANGE_TOL``). Returns a JSON-ready dict (see :func:`_result`), with
+    ``"status": "ok"``; or, when ``FAKE/sample_profile.json`` has ``"status": "oom"``, the same
+    keys with :data:`MEASURED_KEYS` null, ``"status": "oom"``, ``"error"`` and ``"failed_stage"``
+    (from the profile), and nothing read or extracted.
     """
     if real_dir is None and real_stats is None:
         raise InputError("give real_dir or real_stats")
+    _check_protocol(settings.protocol)
+    oom = _oom_result(real_dir, fake_dir, settings, real_stats)
+    if oom is not None:
+        return oom
+    ext = _make_extractor(settings)
+    fake_files, fakes = _load_fakes(fake_dir, n_fake)
+    shape = tuple(fakes.shape[1:])
+    scales = _ms_ssim_scales(fake_dir, shape, settings.kernel_size)
+    feats_real, real_meta = _real_features(real_dir, real_stats, settings, ext, shape, device)
+    feats_fake = ext.features(fakes, settings.batch_size, device)
+    scores = _scores(feats_real, feats_fake, fakes, scales, settings)
+    ci = _intervals(feats_real, feats_fake, scores["diversity"], settings)
+    logger.info("FID %.6g [%s, %s] (%s, protocol %s), MMD² %.4g, MS-SSIM %.4f over %d pairs",
+                scores["fid"], ci["fid_ci_low"], ci["fid_ci_high"], ext.label, settings.protocol,
+                scores["mmd"]["mmd2"], scores["diversity"]["mean"], scores["diversity"]["n_pairs"])
+    return _result(scores, ci, ext, real_meta, len(fake_files), shape,
+                   _provenance(settings, real_stats, fake_dir, _sample_seed(fake_dir),
+                               real_dir=real_meta.get("real_dir")))
+
+
+def _check_protocol(protocol: str) -> None:
     if protocol not in PROTOCOLS:
         raise InputError(f"unknown protocol {protocol!r}; allowed: {sorted(PROTOCOLS)}")
+
+
+def _oom_result(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike,
+                settings: EvaluationSettings,
+                real_stats: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The null result of a sample folder whose profile says it ran out of memory, else None."""
     sample_status, sample_prof = read_status(Path(fake_dir) / "sample_profile.json")
-    if sample_status == STATUS_OOM:
-        logger.warning("%s: not evaluated, %s", fake_dir, sample_prof.get("error"))
-        return {
-            "status": STATUS_OOM,
-            "error": sample_prof.get("error") or "out of memory (no details recorded)",
-            "failed_stage": sample_prof.get("failed_stage") or "sample",
-            **dict.fromkeys(MEASURED_KEYS),
-            **_provenance(protocol, seed, kernel_size, n_bootstrap, ci_level, real_stats, fake_dir,
-                          sample_prof.get("seed"), real_dir=str(real_dir) if real_dir else None),
-        }
-    ext = _Extractor(weights, depth, protocol, seed)
+    if sample_status != STATUS_OOM:
+        return None
+    logger.warning("%s: not evaluated, %s", fake_dir, sample_prof.get("error"))
+    return {
+        "status": STATUS_OOM,
+        "error": sample_prof.get("error") or "out of memory (no details recorded)",
+        "failed_stage": sample_prof.get("failed_stage") or "sample",
+        **dict.fromkeys(MEASURED_KEYS),
+        **_provenance(settings, real_stats, fake_dir, sample_prof.get("seed"),
+                      real_dir=str(real_dir) if real_dir else None),
+    }
+
+
+def _load_fakes(fake_dir: str | os.PathLike, n_fake: int | None) -> tuple[list[Path], np.ndarray]:
+    """The generated files used and their volumes stacked as ``(N, D, H, W)`` (checked)."""
     fake_files = _select(fake_dir, n_fake, "fake")
     if len(fake_files) < 2:
         raise InputError(f"need at least 2 fake volumes, got {len(fake_files)} ({fake_dir})")
     first = _load_checked(fake_files[0], None)
     shape = tuple(first.shape)
-    fakes = np.stack([first] + [_load_checked(f, shape) for f in fake_files[1:]])
+    return fake_files, np.stack([first] + [_load_checked(f, shape) for f in fake_files[1:]])
+
+
+def _ms_ssim_scales(fake_dir: str | os.PathLike, shape: tuple[int, ...], kernel_size: int) -> int:
     scales = max_ms_ssim_scales(shape, kernel_size, max_scales=5)
     if scales == 0:
         raise InputError(f"{fake_dir}: volume shape {shape} is smaller than the MS-SSIM kernel "
                          f"{kernel_size}")
+    return scales
 
+
+def _real_features(real_dir: str | os.PathLike | None, real_stats: str | os.PathLike | None,
+                   settings: EvaluationSettings, ext: _Extractor, shape: tuple[int, ...],
+                   device: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Real features and their metadata: from the ``real_stats`` cache (checked) or extracted."""
     if real_stats is not None:
         cache = load_real_stats(real_stats)
-        _check_cache(real_stats, cache, ext, shape, n_real)
+        _check_cache(real_stats, cache, ext, shape, settings.n_real)
         logger.info("real features from %s (%d volumes)", real_stats, cache["meta"]["n_real"])
-        real_meta = cache["meta"]
     else:
-        cache = real_statistics(real_dir, depth=depth, protocol=protocol, batch_size=batch_size,
-                                seed=seed, n_real=n_real, device=device, _extractor=ext)
-        real_meta = cache["meta"]
-        if tuple(real_meta["shape"]) != shape:
-            raise InputError(f"{real_dir}: real volumes {tuple(real_meta['shape'])} differ from "
-                             f"the generated {shape}")
-    feats_real = np.asarray(cache["features"], np.float64)
-    feats_fake = ext.features(fakes, batch_size, device)
+        cache = real_statistics(real_dir, settings, device=device, _extractor=ext)
+        if tuple(cache["meta"]["shape"]) != shape:
+            raise InputError(f"{real_dir}: real volumes {tuple(cache['meta']['shape'])} differ "
+                             f"from the generated {shape}")
+    return np.asarray(cache["features"], np.float64), cache["meta"]
+
+
+def _scores(feats_real: np.ndarray, feats_fake: np.ndarray, fakes: np.ndarray, scales: int,
+            settings: EvaluationSettings) -> dict[str, Any]:
+    """FID, MMD and pairwise MS-SSIM (pair subset drawn with ``settings.seed``)."""
     fid_value = fid_from_features(feats_real, feats_fake)
     mmd_res = mmd(feats_real, feats_fake)
+    gen = torch.Generator().manual_seed(settings.seed)
+    div = pairwise_ms_ssim(torch.from_numpy(fakes).unsqueeze(1), kernel_size=settings.kernel_size,
+                           data_range=1.0, scales=scales, max_pairs=settings.max_pairs,
+                           generator=gen, return_values=True)
+    return {"fid": fid_value, "mmd": mmd_res, "diversity": div,
+            "feature_dim": int(feats_real.shape[1])}
 
-    gen = torch.Generator().manual_seed(seed)
-    div = pairwise_ms_ssim(torch.from_numpy(fakes).unsqueeze(1), kernel_size=kernel_size,
-                           data_range=1.0, scales=scales, max_pairs=max_pairs, generator=gen,
-                           return_values=True)
+
+def _intervals(feats_real: np.ndarray, feats_fake: np.ndarray, div: dict[str, Any],
+               settings: EvaluationSettings) -> dict[str, float | None]:
+    """Percentile bootstrap intervals of FID and mean MS-SSIM (all None when ``n_bootstrap`` is 0)."""
     ci: dict[str, float | None] = dict.fromkeys(
         ("fid_ci_low", "fid_ci_high", "ms_ssim_ci_low", "ms_ssim_ci_high"))
-    if n_bootstrap:
+    n, level, seed = settings.n_bootstrap, settings.ci_level, settings.seed
+    if n:
         ci["fid_ci_low"], ci["fid_ci_high"] = fid_bootstrap_ci(
-            feats_real, feats_fake, n_bootstrap=n_bootstrap, level=ci_level, seed=seed)
+            feats_real, feats_fake, n_bootstrap=n, level=level, seed=seed)
         ci["ms_ssim_ci_low"], ci["ms_ssim_ci_high"] = ms_ssim_bootstrap_ci(
-            div["values"], div["pairs"], len(fake_files), n_bootstrap=n_bootstrap,
-            level=ci_level, seed=seed)
-    logger.info("FID %.6g [%s, %s] (%s, protocol %s), MMD² %.4g, MS-SSIM %.4f over %d pairs",
-                fid_value, ci["fid_ci_low"], ci["fid_ci_high"], ext.label, protocol,
-                mmd_res["mmd2"], div["mean"], div["n_pairs"])
+            div["values"], div["pairs"], len(feats_fake), n_bootstrap=n, level=level, seed=seed)
+    return ci
+
+
+def _result(scores: dict[str, Any], ci: dict[str, float | None], ext: _Extractor,
+            real_meta: dict[str, Any], n_fake: int, shape: tuple[int, ...],
+            provenance: dict[str, Any]) -> dict[str, Any]:
+    """The result dict of a measured evaluation (:data:`MEASURED_KEYS` plus the provenance)."""
+    div, mmd_res = scores["diversity"], scores["mmd"]
     return {
         "status": STATUS_OK,
-        "fid": fid_value,
+        "fid": scores["fid"],
         **{k: v for k, v in ci.items() if k.startswith("fid")},
         "mmd": mmd_res["mmd2"],
         "mmd_bandwidth": mmd_res["bandwidth"],
@@ -310,26 +372,26 @@ def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike, *,
         "ms_ssim_pairs_total": div["n_pairs_total"],
         "ms_ssim_scales": div["scales"],
         "n_real": int(real_meta["n_real"]),
-        "n_fake": len(fake_files),
+        "n_fake": n_fake,
         "feature_extractor": ext.label,
-        "feature_dim": int(feats_real.shape[1]),
+        "feature_dim": scores["feature_dim"],
         "weights_sha256": ext.weights_sha256,
         "shape": list(shape),
-        **_provenance(protocol, seed, kernel_size, n_bootstrap, ci_level, real_stats, fake_dir,
-                      _sample_seed(fake_dir), real_dir=real_meta.get("real_dir")),
+        **provenance,
     }
 
 
-def _provenance(protocol: str, seed: int, kernel_size: int, n_bootstrap: int, ci_level: float,
-                real_stats: str | os.PathLike | None, fake_dir: str | os.PathLike,
-                sampling_seed: int | None, real_dir: str | None) -> dict[str, Any]:
+def _provenance(settings: EvaluationSettings, real_stats: str | os.PathLike | None,
+                fake_dir: str | os.PathLike, sampling_seed: int | None,
+                real_dir: str | None) -> dict[str, Any]:
     """The settings and sources of an evaluation, recorded whether or not it measured anything."""
+    seed = settings.seed
     return {
-        "ms_ssim_kernel": kernel_size,
-        "ci_level": ci_level,
-        "n_bootstrap": n_bootstrap,
-        "protocol": protocol,
-        "input_range": list(PROTOCOLS[protocol]["input_range"]),
+        "ms_ssim_kernel": settings.kernel_size,
+        "ci_level": settings.ci_level,
+        "n_bootstrap": settings.n_bootstrap,
+        "protocol": settings.protocol,
+        "input_range": list(PROTOCOLS[settings.protocol]["input_range"]),
         "seed": seed,
         "seeds": {"evaluation": seed, "extractor_init": seed, "pair_subset": seed,
                   "bootstrap": seed, "sampling": sampling_seed},
@@ -341,6 +403,11 @@ def _provenance(protocol: str, seed: int, kernel_size: int, n_bootstrap: int, ci
 
 
 def write_metrics(out_file: str | os.PathLike, result: dict[str, Any],
-                  config: dict[str, Any]) -> None:
-    """Write ``result`` plus the resolved ``config`` (under key ``"config"``) as JSON, atomically."""
-    write_json_atomic(out_file, {**result, "config": dict(config)})
+                  config: EvaluationSettings | Mapping[str, Any]) -> None:
+    """Write ``result`` plus the resolved settings (under key ``"config"``) as JSON, atomically.
+
+    ``config``: the :class:`~wdm.config.EvaluationSettings` of the evaluation (recorded as
+    :meth:`~wdm.config.EvaluationSettings.as_dict`), or a plain mapping.
+    """
+    resolved = config.as_dict() if isinstance(config, EvaluationSettings) else dict(config)
+    write_json_atomic(out_file, {**result, "config": resolved})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -18,9 +19,15 @@ from eval.evaluate import (
     write_metrics,
 )
 from eval.features import medicalnet_resnet
+from wdm.config import EvaluationSettings
 from wdm.io import InputError, save_nifti, sha256_file
 
 SIDE = 16
+
+
+def _s(**values):
+    """Evaluation settings for the tiny tests: untrained ResNet-10, seed 0, else the schema's defaults."""
+    return EvaluationSettings.from_mapping({"weights": None, "depth": 10, "seed": 0, **values})
 
 
 def _folder(path, n, seed, shape=(SIDE, SIDE, SIDE), scale=1.0):
@@ -44,7 +51,7 @@ def dirs(tmp_path):
 
 def test_evaluate_untrained_returns_finite_numbers(dirs, caplog):
     real, fake = dirs
-    res = evaluate(real, fake, weights="auto", depth=10, batch_size=3)
+    res = evaluate(real, fake, _s(weights="auto", batch_size=3))
     assert math.isfinite(res["fid"]) and res["fid"] > 0
     assert 0 < res["ms_ssim"] < 1 and math.isfinite(res["ms_ssim_std"])
     assert res["feature_extractor"] == "untrained-resnet10-seed0 (NOT MedicalNet)"
@@ -53,18 +60,19 @@ def test_evaluate_untrained_returns_finite_numbers(dirs, caplog):
     assert res["ms_ssim_pairs"] == 6 and res["ms_ssim_scales"] == 2 and res["ms_ssim_kernel"] == 7
     assert (res["n_real"], res["n_fake"], res["shape"]) == (4, 4, [SIDE] * 3)
     assert res["protocol"] == "wdm" and res["input_range"] == [0.0, 1.0] and res["code_version"]
-    assert evaluate(real, fake, weights="none", depth=10)["fid"] == pytest.approx(res["fid"])
+    assert evaluate(real, fake, _s(weights="none"))["fid"] == pytest.approx(res["fid"])
+    assert evaluate(real, fake, _s())["fid"] == pytest.approx(res["fid"])  # null: untrained too
 
 
 def test_same_folder_gives_zero_fid(dirs):
     real, _ = dirs
-    assert abs(evaluate(real, real, weights="none", depth=10)["fid"]) < 1e-6
+    assert abs(evaluate(real, real, _s())["fid"]) < 1e-6
 
 
 def test_hagan_protocol_changes_input_range(dirs):
     real, fake = dirs
-    a = evaluate(real, fake, weights="none", depth=10, protocol="wdm")
-    b = evaluate(real, fake, weights="none", depth=10, protocol="hagan")
+    a = evaluate(real, fake, _s(protocol="wdm"))
+    b = evaluate(real, fake, _s(protocol="hagan"))
     assert b["input_range"] == [-1.0, 1.0] and a["fid"] != b["fid"]
     assert a["ms_ssim"] == b["ms_ssim"]  # MS-SSIM is on the [0, 1] volumes either way
     assert set(PROTOCOLS) == {"wdm", "hagan"}
@@ -75,10 +83,10 @@ def test_checkpoint_file_is_used_and_hashed(dirs, tmp_path):
     sd = {"module." + k: v for k, v in medicalnet_resnet(10, seed=5).state_dict().items()}
     ckpt = tmp_path / "my_resnet10.pth"
     torch.save({"state_dict": sd}, ckpt)
-    res = evaluate(real, fake, weights=str(ckpt), depth=10)
+    res = evaluate(real, fake, _s(weights=str(ckpt)))
     assert res["weights_sha256"] == sha256_file(ckpt)
     assert res["feature_extractor"] == "resnet10-file:my_resnet10"
-    assert res["fid"] != evaluate(real, fake, weights="none", depth=10)["fid"]
+    assert res["fid"] != evaluate(real, fake, _s())["fid"]
 
 
 def test_manifest_checkpoint_with_wrong_hash_is_refused(dirs, tmp_path, monkeypatch):
@@ -89,9 +97,9 @@ def test_manifest_checkpoint_with_wrong_hash_is_refused(dirs, tmp_path, monkeypa
     torch.save({"state_dict": sd}, wdir / "resnet_10_23dataset.pth")
     monkeypatch.setenv("WDM_MEDICALNET_DIR", str(wdir))
     with pytest.raises(InputError, match="resnet_10_23dataset.pth: SHA-256 mismatch"):
-        evaluate(real, fake, weights="auto:resnet_10_23dataset", depth=10)
+        evaluate(real, fake, _s(weights="auto:resnet_10_23dataset"))
     with pytest.raises(InputError, match="resnet10, but depth=50"):
-        evaluate(real, fake, weights="auto:resnet_10_23dataset", depth=50)
+        evaluate(real, fake, _s(weights="auto:resnet_10_23dataset", depth=50))
 
 
 def test_out_of_range_volume_is_an_error(dirs):
@@ -100,45 +108,49 @@ def test_out_of_range_volume_is_an_error(dirs):
     bad[0, 0, 0] = 1.5
     save_nifti(fake / "vol_002.nii.gz", bad)
     with pytest.raises(InputError, match=r"vol_002\.nii\.gz: values in \[0\.5, 1\.5\], expected"):
-        evaluate(real, fake, weights="none", depth=10)
+        evaluate(real, fake, _s())
     save_nifti(real / "vol_001.nii.gz", bad * 2 - 1.5)  # [-1, 1]-scaled input, a common slip
     with pytest.raises(InputError, match=r"real/vol_001\.nii\.gz: values in"):
-        evaluate(real, real, weights="none", depth=10)
+        evaluate(real, real, _s())
 
 
 def test_shape_mismatch_names_the_file(dirs):
     real, fake = dirs
     save_nifti(real / "vol_003.nii.gz", np.zeros((SIDE, SIDE, SIDE + 2), np.float32))
     with pytest.raises(InputError, match=r"vol_003\.nii\.gz: shape \(16, 16, 18\) differs"):
-        evaluate(real, fake, weights="none", depth=10)
+        evaluate(real, fake, _s())
 
 
 def test_counts_protocol_and_size_errors(dirs, tmp_path):
     real, fake = dirs
     with pytest.raises(InputError, match="fewer than n_fake=5"):
-        evaluate(real, fake, weights="none", depth=10, n_fake=5)
-    res = evaluate(real, fake, weights="none", depth=10, n_real=3, n_fake=3)
+        evaluate(real, fake, _s(), n_fake=5)
+    res = evaluate(real, fake, _s(n_real=3), n_fake=3)
     assert (res["n_real"], res["n_fake"], res["ms_ssim_pairs"]) == (3, 3, 3)
+    with pytest.raises(InputError, match=r"protocol: 'x' is not one of"):  # the schema refuses it
+        _s(protocol="x")
+    unchecked = dataclasses.replace(_s(), protocol="x")  # and evaluate itself, if it slips through
     with pytest.raises(InputError, match=r"unknown protocol 'x'; allowed: \['hagan', 'wdm'\]"):
-        evaluate(real, fake, protocol="x")
+        evaluate(real, fake, unchecked)
     tiny_r = _folder(tmp_path / "tr", 2, 0, (6, 8, 8))
     tiny_f = _folder(tmp_path / "tf", 2, 1, (6, 8, 8))
     with pytest.raises(InputError, match="smaller than the MS-SSIM kernel 7"):
-        evaluate(tiny_r, tiny_f, weights="none", depth=10)
+        evaluate(tiny_r, tiny_f, _s())
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no NIfTI volumes"):
-        evaluate(real, tmp_path / "empty", weights="none", depth=10)
+        evaluate(real, tmp_path / "empty", _s())
 
 
 def test_write_metrics_atomic_json(dirs, tmp_path):
     real, fake = dirs
-    res = evaluate(real, fake, weights="none", depth=10, max_pairs=2)
+    settings = _s(max_pairs=2)
+    res = evaluate(real, fake, settings)
     assert res["ms_ssim_pairs"] == 2
     out = tmp_path / "results" / "metrics.json"
-    write_metrics(out, res, {"weights": "none", "depth": 10})
+    write_metrics(out, res, settings)
     data = json.loads(out.read_text())
-    assert data["fid"] == pytest.approx(res["fid"]) and data["config"] == {"weights": "none",
-                                                                          "depth": 10}
+    assert data["fid"] == pytest.approx(res["fid"]) and data["config"] == settings.as_dict()
+    assert data["config"]["max_pairs"] == 2 and data["config"]["ci_level"] == settings.ci_level
     assert [p.name for p in out.parent.iterdir()] == ["metrics.json"]
 
 
@@ -147,14 +159,14 @@ def test_real_stats_cache_is_reused_without_touching_real_volumes(dirs, tmp_path
     import eval.evaluate as ev
 
     real, fake = dirs
-    stats = real_statistics(real, weights="none", depth=10)
+    stats = real_statistics(real, _s())
     cache = tmp_path / "cache" / "real_features_wdm.npz"
     save_real_stats(cache, stats)
     meta = load_real_stats(cache)["meta"]
     assert meta["protocol"] == "wdm" and meta["n_real"] == 4 and meta["weights_sha256"] is None
     assert meta["files"] == [f"vol_{i:03d}.nii.gz" for i in range(4)]
     assert meta["files_sha256"][0] == sha256_file(real / "vol_000.nii.gz")
-    direct = evaluate(real, fake, weights="none", depth=10)
+    direct = evaluate(real, fake, _s())
 
     seen = []
     orig = ev.extract_features
@@ -167,7 +179,7 @@ def test_real_stats_cache_is_reused_without_touching_real_volumes(dirs, tmp_path
     monkeypatch.setattr(ev, "extract_features", counting)
     monkeypatch.setattr(ev, "_load_checked", _forbid_real(ev._load_checked, real))
     for _ in range(2):  # two "models" against the same cache
-        res = evaluate(None, fake, weights="none", depth=10, real_stats=cache)
+        res = evaluate(None, fake, _s(), real_stats=cache)
         assert res["fid"] == pytest.approx(direct["fid"], rel=1e-9, abs=1e-9)
         assert res["mmd"] == pytest.approx(direct["mmd"], rel=1e-9, abs=1e-12)
         assert res["n_real"] == 4 and res["real_stats"] == str(cache)
@@ -184,31 +196,31 @@ def _forbid_real(load, real_dir):
 def test_real_stats_mismatch_is_refused(dirs, tmp_path):
     real, fake = dirs
     cache = tmp_path / "rf.npz"
-    save_real_stats(cache, real_statistics(real, weights="none", depth=10))
+    save_real_stats(cache, real_statistics(real, _s()))
     with pytest.raises(InputError, match=r"rf\.npz: field 'protocol' is 'wdm'.*'hagan'"):
-        evaluate(None, fake, weights="none", depth=10, protocol="hagan", real_stats=cache)
+        evaluate(None, fake, _s(protocol="hagan"), real_stats=cache)
     with pytest.raises(InputError, match="field 'feature_extractor'"):
-        evaluate(None, fake, weights="none", depth=10, seed=1, real_stats=cache)
+        evaluate(None, fake, _s(seed=1), real_stats=cache)
     with pytest.raises(InputError, match="field 'n_real' is 4, but n_real=3"):
-        evaluate(None, fake, weights="none", depth=10, n_real=3, real_stats=cache)
+        evaluate(None, fake, _s(n_real=3), real_stats=cache)
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(InputError, match="junk.npz: not a real-feature statistics file"):
-        evaluate(None, fake, weights="none", depth=10, real_stats=tmp_path / "junk.npz")
+        evaluate(None, fake, _s(), real_stats=tmp_path / "junk.npz")
 
 
 def test_metrics_record_provenance_intervals_and_mmd(dirs):
     real, fake = dirs
     (fake / "sample_profile.json").write_text(json.dumps({"seed": 77}))
-    res = evaluate(real, fake, weights="none", depth=10, seed=5, n_bootstrap=50)
+    res = evaluate(real, fake, _s(seed=5, n_bootstrap=50))
     assert res["seeds"] == {"evaluation": 5, "extractor_init": 5, "pair_subset": 5,
                             "bootstrap": 5, "sampling": 77}
     assert {"protocol", "weights_sha256", "n_real", "n_fake"} <= res.keys()
     assert res["fid_ci_low"] <= res["fid_ci_high"] and res["n_bootstrap"] == 50
     assert res["ms_ssim_ci_low"] <= res["ms_ssim"] <= res["ms_ssim_ci_high"]
     assert math.isfinite(res["mmd"]) and res["mmd_bandwidth"] > 0
-    assert res == {**evaluate(real, fake, weights="none", depth=10, seed=5, n_bootstrap=50),
+    assert res == {**evaluate(real, fake, _s(seed=5, n_bootstrap=50)),
                    "code_version": res["code_version"]}
-    none = evaluate(real, fake, weights="none", depth=10, n_bootstrap=0)
+    none = evaluate(real, fake, _s(n_bootstrap=0))
     assert none["fid_ci_low"] is None and none["ms_ssim_ci_high"] is None
 
 

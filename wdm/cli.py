@@ -1,8 +1,9 @@
 """``wdm-bench``: the command line of the suite. Thin: parses arguments, calls the package.
 
-Sub-commands: prepare, train, sample, real-stats, evaluate, table, figure, curves, compare,
-convert-checkpoint, profile, memory-figure. Exit code 0 on success; on any error one line
-``wdm-bench <command>: error: <reason>`` on stderr and exit code 1 (2 for bad usage).
+Sub-commands: prepare, train, sample, evaluate, real-stats, settings, table, figure, curves,
+compare, convert-checkpoint, profile, memory-figure (the table :data:`COMMANDS`). Exit code 0 on
+success; on any error one line ``wdm-bench <command>: error: <reason>`` on stderr and exit code 1
+(2 for bad usage).
 """
 
 from __future__ import annotations
@@ -11,10 +12,14 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
-__all__ = ["main", "build_parser"]
+if TYPE_CHECKING:
+    from wdm.config import EvaluationSettings
+
+__all__ = ["main", "build_parser", "COMMANDS", "Command"]
 
 log = logging.getLogger("wdm")
 
@@ -33,7 +38,7 @@ def _cmd_train(a: argparse.Namespace) -> None:
     # under torchrun the job's threads are shared by the processes on this machine
     procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     _set_threads(max(1, a.threads // procs) if a.threads else None)
-    prof = train(a.config, a.data, a.out, resume=a.resume, progress=not a.no_progress)
+    prof = train(a.config, a.data, a.out, resume=a.resume, stage=a.stage, progress=not a.no_progress)
     if prof.get("status") == "oom":  # recorded in train_profile.json; the workflow goes on
         print(f"wdm-bench train: out of memory (recorded as OOM in {Path(a.out) / 'train_profile.json'}): "
               f"{prof['error']}", file=sys.stderr)
@@ -49,22 +54,17 @@ def _cmd_sample(a: argparse.Namespace) -> None:
            device=a.device, progress=not a.no_progress)
 
 
-def _eval_config(a: argparse.Namespace) -> dict:
-    """The evaluation config: schema defaults or ``--config``'s section, then command-line overrides."""
-    from wdm.config import validate
+#: evaluation settings that command-line flags may override (argparse dest = settings field).
+_OVERRIDES = ("weights", "depth", "protocol", "n_real", "seed", "batch_size", "kernel_size",
+              "max_pairs", "n_bootstrap", "ci_level")
 
-    ecfg = validate({"datasets": {"_": {}}}, source="defaults")["evaluation"]
-    if a.config:
-        from wdm.config import load_workflow_config
 
-        ecfg = load_workflow_config(a.config)["evaluation"]
-    overrides = {"weights": a.weights, "depth": a.depth, "protocol": a.protocol, "seed": a.seed,
-                 "batch_size": a.batch_size, "n_real": a.n_real}
-    for key in ("n_fake", "kernel_size", "max_pairs", "n_bootstrap"):
-        if hasattr(a, key):
-            overrides["n_samples" if key == "n_fake" else key] = getattr(a, key)
-    ecfg.update({k: v for k, v in overrides.items() if v is not None})
-    return ecfg
+def _settings(a: argparse.Namespace) -> EvaluationSettings:
+    """``--config``'s evaluation section (absent: the schema's defaults), then the flags given."""
+    from wdm.config import load_evaluation_settings
+
+    return load_evaluation_settings(a.config).with_overrides(
+        **{field: getattr(a, field, None) for field in _OVERRIDES})
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
@@ -73,26 +73,37 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     _set_threads(a.threads)
     if a.real is None and a.real_stats is None:
         raise ValueError("give --real DIR or --real-stats FILE")
-    ecfg = _eval_config(a)
-    result = evaluate(a.real, a.fake, weights=ecfg["weights"], depth=ecfg["depth"],
-                      protocol=ecfg["protocol"], batch_size=ecfg["batch_size"], seed=ecfg["seed"],
-                      kernel_size=ecfg["kernel_size"], n_fake=ecfg["n_samples"] if a.n_fake else None,
-                      n_real=ecfg.get("n_real"), max_pairs=ecfg.get("max_pairs"),
-                      n_bootstrap=ecfg.get("n_bootstrap", 200), ci_level=ecfg.get("ci_level", 0.95),
-                      real_stats=a.real_stats, device=a.device)
-    write_metrics(a.out, result, ecfg)
+    settings = _settings(a)
+    n_fake = {"all": None, "config": settings.n_samples}.get(a.n_fake, a.n_fake)
+    result = evaluate(a.real, a.fake, settings, n_fake=n_fake, real_stats=a.real_stats,
+                      device=a.device)
+    write_metrics(a.out, result, settings)
 
 
 def _cmd_real_stats(a: argparse.Namespace) -> None:
     from eval.evaluate import real_statistics, save_real_stats
 
     _set_threads(a.threads)
-    ecfg = _eval_config(a)
-    stats = real_statistics(a.real, weights=ecfg["weights"], depth=ecfg["depth"],
-                            protocol=ecfg["protocol"], batch_size=ecfg["batch_size"],
-                            seed=ecfg["seed"], n_real=ecfg.get("n_real"), device=a.device)
+    stats = real_statistics(a.real, _settings(a), device=a.device)
     save_real_stats(a.out, stats)
     log.info("wrote %s (%d real volumes, %d features)", a.out, *stats["features"].shape)
+
+
+def _cmd_settings(a: argparse.Namespace) -> None:
+    import json
+
+    from wdm.config import EvaluationSettings, dump_yaml
+    from wdm.io import InputError, write_text_atomic
+
+    try:
+        raw = json.loads(a.json)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--json: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise InputError(f"--json: expected a JSON object, got {type(raw).__name__}")
+    settings = EvaluationSettings.from_mapping(raw, source=f"--json: {a.section}")
+    write_text_atomic(a.out, dump_yaml({a.section: settings.as_dict()}))
+    log.info("wrote %s", a.out)
 
 
 def _cmd_table(a: argparse.Namespace) -> None:
@@ -170,9 +181,8 @@ def _cmd_convert_checkpoint(a: argparse.Namespace) -> None:
                         overwrite=a.overwrite)
 
 
-
 def _cmd_profile(a: argparse.Namespace) -> None:
-    from eval.probe import run_cli
+    from wdm.probe import run_cli
 
     run_cli(a)  # an isolated child process; writes --out; raises only for a non-memory failure
 
@@ -184,6 +194,7 @@ def _cmd_memory_figure(a: argparse.Namespace) -> None:
     write_memory_csv(rows, a.csv)
     memory_figure(rows, a.out, memory_limit_gb=a.memory_limit_gb)
 
+
 def _set_threads(n: int | None) -> None:
     """torch CPU threads: ``n`` capped at the machine's cores (more only oversubscribes them)."""
     if n:
@@ -192,14 +203,8 @@ def _set_threads(n: int | None) -> None:
         torch.set_num_threads(max(1, min(n, os.cpu_count() or n)))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and documentation)."""
-    p = argparse.ArgumentParser(prog="wdm-bench", description=__doc__.split("\n")[0])
-    p.add_argument("--log-level", default=os.environ.get("WDM_LOG_LEVEL", "INFO"),
-                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    s = sub.add_parser("prepare", help="build or preprocess a data set into a data folder")
+# ------------------------------------------------------------------ arguments of each command
+def _args_prepare(s: argparse.ArgumentParser) -> None:
     s.add_argument("--dataset", required=True, help="data set name, e.g. phantom-brain")
     s.add_argument("--out", required=True, help="output data folder")
     s.add_argument("--source", default=None, help="folder of the raw data (real data sets)")
@@ -216,18 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1, help="cases processed in parallel")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    s.set_defaults(func=_cmd_prepare)
 
-    s = sub.add_parser("train", help="train a model from a data folder into a run folder")
+
+def _args_train(s: argparse.ArgumentParser) -> None:
     s.add_argument("--config", required=True, help="run config YAML (config/models/*.yaml)")
     s.add_argument("--data", required=True, help="prepared data folder")
     s.add_argument("--out", required=True, help="run folder (checkpoints, loss log, profile)")
     s.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    s.add_argument("--stage", default=None,
+                   help="training stage of a staged model (ldm: vqgan, diffusion); default: the config's")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     s.add_argument("--no-progress", action="store_true")
-    s.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("sample", help="sample N volumes from a trained run")
+
+def _args_sample(s: argparse.ArgumentParser) -> None:
     s.add_argument("--run", required=True, help="run folder written by train")
     s.add_argument("--n", type=int, required=True, help="number of volumes")
     s.add_argument("--seed", type=int, required=True)
@@ -238,55 +245,87 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--no-progress", action="store_true")
-    s.set_defaults(func=_cmd_sample)
 
-    def extractor_args(s: argparse.ArgumentParser) -> None:
-        s.add_argument("--config", default=None, help="workflow config (its evaluation section)")
-        s.add_argument("--weights", default=None,
-                       help="MedicalNet weights: path, name, hub:NAME, auto:NAME, none")
-        s.add_argument("--depth", type=int, default=None, choices=[10, 18, 34, 50])
-        s.add_argument("--protocol", choices=["wdm", "hagan"], default=None)
-        s.add_argument("--n-real", type=int, default=None, help="use the first N real volumes")
-        s.add_argument("--seed", type=int, default=None)
-        s.add_argument("--batch-size", type=int, default=None, help="feature extraction batch size")
-        s.add_argument("--device", default="cpu", help="torch device for feature extraction")
-        s.add_argument("--threads", type=int, default=None)
 
-    s = sub.add_parser("evaluate", help="FID, MMD and MS-SSIM diversity of generated volumes")
+def _args_extractor(s: argparse.ArgumentParser) -> None:
+    """``--config`` and the feature-extractor overrides shared by evaluate and real-stats.
+
+    Every override defaults to None (= the settings file's value, else the schema's default) and
+    is validated by the schema, like the file, through ``EvaluationSettings.with_overrides``.
+    """
+    s.add_argument("--config", default=None,
+                   help="workflow config or evaluation settings file (its evaluation section; "
+                        "default: the schema's defaults); the flags below override it")
+    s.add_argument("--weights", default=None,
+                   help="MedicalNet weights: path, name, hub:NAME, auto:NAME, none")
+    s.add_argument("--depth", type=int, default=None, help="ResNet depth of the feature extractor")
+    s.add_argument("--protocol", default=None, help="evaluation protocol: wdm or hagan")
+    s.add_argument("--n-real", type=int, default=None, help="use the first N real volumes")
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=None, help="feature extraction batch size")
+    s.add_argument("--device", default="cpu", help="torch device for feature extraction")
+    s.add_argument("--threads", type=int, default=None)
+
+
+def _n_fake(text: str) -> int | str:
+    """``--n-fake``: a count N >= 1, ``all`` (every volume) or ``config`` (evaluation.n_samples)."""
+    if text in ("all", "config"):
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a count N >= 1, 'all' or 'config', got {text!r}")
+    return n
+
+
+def _args_evaluate(s: argparse.ArgumentParser) -> None:
     s.add_argument("--real", default=None, help="folder of real volumes (NIfTI, [0, 1])")
     s.add_argument("--real-stats", default=None,
                    help="real-feature file from 'real-stats' (replaces reading --real)")
     s.add_argument("--fake", required=True, help="folder of generated volumes")
     s.add_argument("--out", required=True, help="metrics JSON file")
-    extractor_args(s)
-    s.add_argument("--n-fake", type=int, default=None, help="require and use this many fakes")
-    s.add_argument("--kernel-size", type=int, default=None, help="MS-SSIM Gaussian window (7)")
+    _args_extractor(s)
+    s.add_argument("--n-fake", type=_n_fake, default="all", metavar="{N,all,config}",
+                   help="require and use the first N fakes; all: every volume in --fake "
+                        "(default); config: evaluation.n_samples of the settings")
+    s.add_argument("--kernel-size", type=int, default=None, help="MS-SSIM Gaussian window")
     s.add_argument("--max-pairs", type=int, default=None,
                    help="MS-SSIM on a random subset of this many pairs (default: all)")
     s.add_argument("--n-bootstrap", type=int, default=None, help="bootstrap resamples (0: no CI)")
-    s.set_defaults(func=_cmd_evaluate)
+    s.add_argument("--ci-level", type=float, default=None,
+                   help="level of the bootstrap intervals, in (0, 1)")
 
-    s = sub.add_parser("real-stats", help="extract and cache the real volumes' features")
+
+def _args_real_stats(s: argparse.ArgumentParser) -> None:
     s.add_argument("--real", required=True, help="folder of real volumes (NIfTI, [0, 1])")
     s.add_argument("--out", required=True, help="output .npz file")
-    extractor_args(s)
-    s.set_defaults(func=_cmd_real_stats)
+    _args_extractor(s)
 
-    s = sub.add_parser("table", help="collect metrics into the comparison table")
+
+def _args_settings(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--section", required=True, choices=["evaluation"], help="config section")
+    s.add_argument("--json", required=True,
+                   help="the section as a JSON object (absent fields: the schema's defaults)")
+    s.add_argument("--out", required=True, help="YAML file to write, {SECTION: resolved settings}")
+
+
+def _args_table(s: argparse.ArgumentParser) -> None:
     s.add_argument("--metrics", nargs="*", help="metrics.json files (default: all under --results)")
     s.add_argument("--results", default="results", help="results folder to search")
     s.add_argument("--out", default="results/table1.csv")
-    s.set_defaults(func=_cmd_table)
 
-    s = sub.add_parser("figure", help="mid-slice grid of real and generated volumes")
+
+def _args_figure(s: argparse.ArgumentParser) -> None:
     s.add_argument("--real", required=True, help="folder of real volumes")
     s.add_argument("--fake", nargs="*", default=[], help="MODEL=DIR pairs")
     s.add_argument("--out", required=True, help="PNG file")
     s.add_argument("--n", type=int, default=3, help="volumes per source")
     s.add_argument("--title", default=None)
-    s.set_defaults(func=_cmd_figure)
 
-    s = sub.add_parser("curves", help="loss curves, or FID against sampling steps (+ CSV)")
+
+def _args_curves(s: argparse.ArgumentParser) -> None:
     s.add_argument("kind", choices=["loss", "fid-steps"])
     s.add_argument("--run", nargs="*", default=[], help="loss: MODEL=RUN_DIR pairs (RUN/loss.csv)")
     s.add_argument("--metrics", nargs="*", default=[],
@@ -295,17 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--smoothing", type=float, default=0.9, help="loss: EMA weight in [0, 1)")
     s.add_argument("--out", required=True, help="PNG file")
     s.add_argument("--title", default=None)
-    s.set_defaults(func=_cmd_curves)
 
-    s = sub.add_parser("compare", help="table1 beside the paper's reported values")
+
+def _args_compare(s: argparse.ArgumentParser) -> None:
     s.add_argument("--table", default="results/table1.csv")
     s.add_argument("--reference", default="results/paper_reference.csv")
     s.add_argument("--paper-dataset", nargs="*", default=[], help="OURS=PAPER data set pairs")
     s.add_argument("--out", default="results/table1_vs_paper.csv")
-    s.set_defaults(func=_cmd_compare)
 
-    s = sub.add_parser("convert-checkpoint",
-                       help="make a run folder of the WDM authors' released weights (pfriedri/wdm-3d)")
+
+def _args_convert_checkpoint(s: argparse.ArgumentParser) -> None:
     s.add_argument("--src", required=True, help="upstream checkpoint, e.g. brats_unet_128_1200k.pt")
     s.add_argument("--out", required=True, help="run folder to write (for 'sample --run')")
     s.add_argument("--config", default="config/paper/models/wdm_128.yaml", help="our WDM run config")
@@ -313,20 +351,65 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=None, help="prepared data folder: take side and affine from it")
     s.add_argument("--step", type=int, default=None, help="step to record (default: from the name)")
     s.add_argument("--overwrite", action="store_true", help="replace checkpoints in --out")
-    s.set_defaults(func=_cmd_convert_checkpoint)
 
-    from eval.probe import add_arguments as probe_arguments  # stdlib-only import
 
-    s = sub.add_parser("profile", help="peak memory and s/iteration of one model at one resolution")
-    probe_arguments(s)
-    s.set_defaults(func=_cmd_profile)
+def _args_profile(s: argparse.ArgumentParser) -> None:
+    from wdm.probe import add_arguments  # stdlib-only import
 
-    s = sub.add_parser("memory-figure", help="probe JSONs -> memory CSV and memory-vs-resolution figure")
+    add_arguments(s)
+
+
+def _args_memory_figure(s: argparse.ArgumentParser) -> None:
     s.add_argument("--profiles", nargs="+", required=True, help="JSON files of 'wdm-bench profile'")
     s.add_argument("--csv", required=True, help="output CSV (one row per probe)")
     s.add_argument("--out", required=True, help="output PNG")
     s.add_argument("--memory-limit-gb", type=float, default=None, help="limit line (GiB)")
-    s.set_defaults(func=_cmd_memory_figure)
+
+
+# ------------------------------------------------------------------ the command table
+class Command(NamedTuple):
+    """One sub-command: its name, help line, argument declarations and implementation."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("prepare", "build or preprocess a data set into a data folder", _args_prepare, _cmd_prepare),
+    Command("train", "train a model from a data folder into a run folder", _args_train, _cmd_train),
+    Command("sample", "sample N volumes from a trained run", _args_sample, _cmd_sample),
+    Command("evaluate", "FID, MMD and MS-SSIM diversity of generated volumes", _args_evaluate,
+            _cmd_evaluate),
+    Command("real-stats", "extract and cache the real volumes' features", _args_real_stats,
+            _cmd_real_stats),
+    Command("settings", "validate a config section (JSON) and write it resolved as YAML",
+            _args_settings, _cmd_settings),
+    Command("table", "collect metrics into the comparison table", _args_table, _cmd_table),
+    Command("figure", "mid-slice grid of real and generated volumes", _args_figure, _cmd_figure),
+    Command("curves", "loss curves, or FID against sampling steps (+ CSV)", _args_curves, _cmd_curves),
+    Command("compare", "table1 beside the paper's reported values", _args_compare, _cmd_compare),
+    Command("convert-checkpoint",
+            "make a run folder of the WDM authors' released weights (pfriedri/wdm-3d)",
+            _args_convert_checkpoint, _cmd_convert_checkpoint),
+    Command("profile", "peak memory and s/iteration of one model at one resolution", _args_profile,
+            _cmd_profile),
+    Command("memory-figure", "probe JSONs -> memory CSV and memory-vs-resolution figure",
+            _args_memory_figure, _cmd_memory_figure),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and documentation): one sub-parser per :data:`COMMANDS`."""
+    p = argparse.ArgumentParser(prog="wdm-bench", description=__doc__.split("\n")[0])
+    p.add_argument("--log-level", default=os.environ.get("WDM_LOG_LEVEL", "INFO"),
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for cmd in COMMANDS:
+        s = sub.add_parser(cmd.name, help=cmd.help)
+        cmd.add_arguments(s)
+        s.set_defaults(func=cmd.run)
     return p
 
 
