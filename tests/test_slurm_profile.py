@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(
     reason="snakemake or snakemake-executor-plugin-slurm not installed (pip install -e '.[slurm]')",
 )
 
-GPU_RULES = ("train", "sample", "train_ldm_vqgan", "train_ldm", "sample_ldm")
+GPU_RULES = ("train", "sample", "train_stage")
 
 
 def test_profile_names_existing_rules_and_gives_gpus_to_training_and_sampling():

@@ -1,25 +1,82 @@
-# Shared helpers: which data sets, resolutions and models the DAG covers, and where files go.
+# Shared set-up and helpers: config defaults, the data sets, resolutions and models the DAG covers,
+# where files go, and the shell commands the rules share (each written once, here).
+import json
+import shutil
 from shlex import quote as shlex_quote
 
-import yaml
+from wdm.config import validate as _fill_defaults
+
+# The same schema through the package fills nested defaults (e.g. a missing evaluation section).
+config.update(_fill_defaults(config, source="workflow config"))
+if config["threads"] is None:  # heavy jobs take every core given to Snakemake: one at a time
+    try:
+        _cores = workflow.cores
+    except Exception:  # --report, --lint: no --cores, and Snakemake 9 raises on the access
+        _cores = None
+    config["threads"] = max(1, int(_cores or 1))
+
+REPO = Path(workflow.basedir).parent
+
+# `--use-conda` on a machine without conda/mamba: warn and run in the current environment
+# instead of failing every job with "Error running conda info".
+try:
+    from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+    _ds = workflow.deployment_settings
+    if DeploymentMethod.CONDA in _ds.deployment_method and not (
+        shutil.which("conda") or shutil.which("mamba")
+    ):
+        logger.warning(
+            "wdm-bench: --use-conda given but neither conda nor mamba is on PATH; "
+            "running every rule in the current environment (install the package with pip)."
+        )
+        _ds.deployment_method = frozenset(_ds.deployment_method) - {DeploymentMethod.CONDA}
+except (ImportError, AttributeError):  # older Snakemake: leave the settings alone
+    pass
+
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9_-]+",
+    res="[0-9]+",
 
 
 MODELS = []  # filled by rules/models/<name>.smk through register_model()
-GENERIC_MODELS = []  # models trained and sampled by the generic rules in models.smk
+STAGES = {}  # model -> its training stages, in order (the last one trains into .../{model}/run)
 # Figures made by rules outside rules/figures.smk (e.g. "results/figures/memory_vs_resolution.png"):
 # append their paths here so the `figures` and `all` targets (and the report) include them.
 REPORT_FIGURES = []
 
+# The shell commands, each written once. TRAIN: every model and stage through one launcher
+# (torchrun for training.gpus > 1); an out-of-memory run exits 0 with "status": "oom" in its
+# profile (under torchrun the failing rank exits 3 to stop the others, so a recorded OOM also
+# counts as done); --resume: a rerun after a killed job continues from its last checkpoint.
+TRAIN_SHELL = (
+    "{params.launcher} train --config {input.config:q} --data {params.data:q} "
+    "--out {params.run:q} {params.stage} --resume --threads {threads} --no-progress > {log:q} 2>&1 "
+    "|| grep -qs '\"status\": \"oom\"' {output.profile:q}"
+)
+SAMPLE_SHELL = (
+    "wdm-bench sample --run {params.run:q} --n {params.n} --seed {params.seed} {params.sampler} "
+    "--out {params.out:q} --threads {threads} --no-progress > {log:q} 2>&1"
+)
+# EVALUATE: the evaluation section travels as one validated settings file (rule evaluation_settings).
+EVALUATE_SHELL = (
+    "wdm-bench evaluate --config {input.settings:q} --real-stats {input.real_stats:q} "
+    "--fake {params.fake:q} --out {output.metrics:q} --n-fake {params.n_fake} "
+    "--threads {threads} > {log:q} 2>&1"
+)
+SETTINGS = "results/settings/evaluation.yaml"
 
-def register_model(name, generic=True):
-    """Add a model to the DAG. Generic models use the shared train/sample rules."""
+
+def register_model(name, stages=None):
+    """Add a model to the DAG; `stages`: its training stages in order (default: one, no flag)."""
     if name in MODELS:
         raise ValueError(f"model {name!r} registered twice")
     if name == "reference":
         raise ValueError("'reference' names the real-vs-real rows of table1; choose another name")
     MODELS.append(name)
-    if generic:
-        GENERIC_MODELS.append(name)
+    if stages:
+        STAGES[name] = list(stages)
 
 
 def active_models():
@@ -38,12 +95,19 @@ def model_config(model):
     return str(path) if path else str(REPO / "config" / "models" / f"{model}.yaml")
 
 
-def train_settings(model):
-    """The `training` section of a model's run config (defaults filled; {} if the file is missing)."""
+def train_settings(model, stage=None):
+    """The `training` section of a model's (stage's) run config; {} if the file is missing."""
     from wdm.config import load_run_config
 
     path = Path(model_config(model))
-    return load_run_config(path)["training"] if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    cfg = load_run_config(path)
+    if stage is not None:  # derived by the model (imports it, and torch): staged models only
+        from wdm.model import configure_stage
+
+        cfg = configure_stage(cfg, f"results/{model}/{stage}", stage)
+    return cfg["training"]
 
 
 def train_gpus(model):
@@ -53,9 +117,9 @@ def train_gpus(model):
     return 0 if t.get("device") == "cpu" else int(t.get("gpus", 1))
 
 
-def train_launcher(model):
+def train_launcher(model, stage=None):
     """`wdm-bench`, or `torchrun ... -m wdm.cli` for training.gpus > 1 (torch DDP, wdm/distributed.py)."""
-    n = int(train_settings(model).get("gpus", 1))
+    n = int(train_settings(model, stage).get("gpus", 1))
     return "wdm-bench" if n <= 1 else f"torchrun --standalone --nproc_per_node {n} -m wdm.cli"
 
 
@@ -72,9 +136,32 @@ def all_cells():
     return [(d, r) for d, c in config["datasets"].items() for r in c["resolutions"]]
 
 
-def generic_models_regex():
-    """Wildcard constraint matching the models handled by the generic train/sample rules."""
-    return "|".join(GENERIC_MODELS) or "__none__"
+def models_regex(models=None):
+    """Wildcard constraint matching the registered models (or the given ones)."""
+    return "|".join(MODELS if models is None else models) or "__none__"
+
+
+def earlier_stages(model):
+    """The stages of `model` trained before its last one (each into .../{model}/{stage})."""
+    return STAGES.get(model, [])[:-1]
+
+
+def train_inputs(w):
+    """The data, the run config, and the profiles of the stages trained before this one."""
+    stages = STAGES.get(w.model, [])
+    stage = getattr(w, "stage", None)
+    before = stages[: stages.index(stage)] if stage else earlier_stages(w.model)
+    return {
+        "manifest": f"data/{w.dataset}/{w.res}/manifest.csv",
+        "config": model_config(w.model),
+        "earlier": [f"results/{w.dataset}/{w.res}/{w.model}/{s}/train_profile.json" for s in before],
+    }
+
+
+def stage_flag(model, stage=None):
+    """`--stage S` for a staged model (default: its last stage), else nothing."""
+    stage = stage or (STAGES[model][-1] if model in STAGES else None)
+    return f"--stage {shlex_quote(stage)}" if stage else ""
 
 
 # Figures, the FID-against-steps sweep and the paper comparison (rules/figures.smk).
@@ -92,10 +179,11 @@ def sweep_dir(dataset, res, model, point):
 
 def sweep_batch_size(model):
     """figures.sweep.batch_size, else min(n_samples, the run config's sampling.batch_size)."""
+    from wdm.config import load_run_config
+
     if config["figures"]["sweep"]["batch_size"]:
         return config["figures"]["sweep"]["batch_size"]
-    with open(model_config(model)) as f:
-        run_bs = ((yaml.safe_load(f) or {}).get("sampling") or {}).get("batch_size", 10)
+    run_bs = load_run_config(model_config(model))["sampling"]["batch_size"]
     return min(config["figures"]["sweep"]["n_samples"], run_bs)
 
 

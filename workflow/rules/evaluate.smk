@@ -1,36 +1,37 @@
 # Evaluation: real-volume features once per (dataset, res, protocol), then every model against them.
+# The `evaluation` section reaches every evaluation as one settings file, validated by the schema.
+REAL_STATS = f"results/{{dataset}}/{{res}}/real_features_{config['evaluation']['protocol']}.npz"
 
 
-# Command-line options from config["evaluation"]: shared by real-stats and evaluate (extractor),
-# and of evaluate only (MS-SSIM, bootstrap).
-_EV = config["evaluation"]
-EVAL_EXTRACTOR_OPTS = " ".join(
-    shlex_quote(str(o))
-    for o in [
-        "--weights", _EV["weights"] or "none",
-        "--depth", _EV["depth"],
-        "--seed", _EV["seed"],
-        "--batch-size", _EV["batch_size"],
-    ]
-    + (["--n-real", _EV["n_real"]] if _EV.get("n_real") else [])
-)
-EVAL_SCORE_OPTS = " ".join(
-    shlex_quote(str(o))
-    for o in ["--kernel-size", _EV["kernel_size"], "--n-bootstrap", _EV["n_bootstrap"]]
-    + (["--max-pairs", _EV["max_pairs"]] if _EV.get("max_pairs") else [])
-)
-REAL_STATS = f"results/{{dataset}}/{{res}}/real_features_{_EV['protocol']}.npz"
+rule evaluation_settings:
+    """The workflow config's evaluation section, validated and written for the evaluation rules."""
+    output:
+        SETTINGS,
+    params:
+        section=json.dumps(config["evaluation"], sort_keys=True),
+    log:
+        "logs/evaluation_settings.log",
+    benchmark:
+        "benchmarks/evaluation_settings.tsv"
+    conda:
+        "../envs/wdm.yaml"
+    resources:
+        mem_mb=500,
+        runtime=5,
+    shell:
+        "wdm-bench settings --section evaluation --json {params.section:q} --out {output:q} "
+        "> {log:q} 2>&1"
 
 
 rule real_features:
     """MedicalNet features of the training split, cached for every model's evaluation."""
     input:
         manifest="data/{dataset}/{res}/manifest.csv",
+        settings=SETTINGS,
     output:
         "results/{dataset}/{res}/real_features_{protocol}.npz",
     params:
         real=lambda w: f"data/{w.dataset}/{w.res}/train",
-        opts=EVAL_EXTRACTOR_OPTS,
     wildcard_constraints:
         protocol="wdm|hagan",
     log:
@@ -44,23 +45,21 @@ rule real_features:
         mem_mb=8000,
         runtime=60,
     shell:
-        "wdm-bench real-stats --real {params.real:q} --out {output:q} {params.opts} "
+        "wdm-bench real-stats --config {input.settings:q} --real {params.real:q} --out {output:q} "
         "--protocol {wildcards.protocol:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate:
-    """FID, MMD (MedicalNet features) and MS-SSIM diversity of one model's samples."""
+    """FID, MMD (MedicalNet features) and MS-SSIM diversity of evaluation.n_samples of {model}'s samples."""
     input:
         samples="results/{dataset}/{res}/{model}/samples/sample_profile.json",
         real_stats=REAL_STATS,
+        settings=SETTINGS,
     output:
         metrics="results/{dataset}/{res}/{model}/metrics.json",
     params:
         fake=lambda w: f"results/{w.dataset}/{w.res}/{w.model}/samples",
-        opts=EVAL_EXTRACTOR_OPTS,
-        score=EVAL_SCORE_OPTS,
-        protocol=_EV["protocol"],
-        n_fake=config["evaluation"]["n_samples"],
+        n_fake="config",
     log:
         "logs/{dataset}/{res}/{model}/evaluate.log",
     benchmark:
@@ -72,9 +71,7 @@ rule evaluate:
         mem_mb=8000,
         runtime=60,
     shell:
-        "wdm-bench evaluate --real-stats {input.real_stats:q} --fake {params.fake:q} "
-        "--out {output.metrics:q} --protocol {params.protocol:q} {params.opts} {params.score} "
-        "--n-fake {params.n_fake} --threads {threads} > {log:q} 2>&1"
+        EVALUATE_SHELL
 
 
 rule reference_metrics:
@@ -82,13 +79,12 @@ rule reference_metrics:
     input:
         real_stats=REAL_STATS,
         manifest="data/{dataset}/{res}/manifest.csv",
+        settings=SETTINGS,
     output:
         metrics="results/{dataset}/{res}/reference/metrics.json",
     params:
         fake=lambda w: f"data/{w.dataset}/{w.res}/test",
-        opts=EVAL_EXTRACTOR_OPTS,
-        score=EVAL_SCORE_OPTS,
-        protocol=_EV["protocol"],
+        n_fake="all",
     log:
         "logs/{dataset}/{res}/reference/evaluate.log",
     benchmark:
@@ -100,9 +96,7 @@ rule reference_metrics:
         mem_mb=8000,
         runtime=60,
     shell:
-        "wdm-bench evaluate --real-stats {input.real_stats:q} --fake {params.fake:q} "
-        "--out {output.metrics:q} --protocol {params.protocol:q} {params.opts} {params.score} "
-        "--threads {threads} > {log:q} 2>&1"
+        EVALUATE_SHELL
 
 
 ruleorder: reference_metrics > evaluate

@@ -35,7 +35,7 @@ rule sample_figure_model:
         n=_FIG["n_per_source"],
         title=lambda w: f"{w.model} on {w.dataset} {w.res}^3: real (test split) vs generated",
     wildcard_constraints:
-        model="|".join(MODELS) or "__none__",
+        model=models_regex(),
     log:
         "logs/figures/samples_{dataset}_{res}_{model}.log",
     benchmark:
@@ -96,9 +96,11 @@ rule sample_steps:
         out=lambda w: f"results/{w.dataset}/{w.res}/{w.model}/steps/{w.sampler}_{w.steps}",
         n=_SWEEP["n_samples"],
         seed=config["evaluation"]["seed"],
-        batch_size=lambda w: sweep_batch_size(w.model),
+        sampler=lambda w: (
+            f"--sampler {w.sampler} --steps {w.steps} --batch-size {sweep_batch_size(w.model)}"
+        ),
     wildcard_constraints:
-        model="|".join(MODELS) or "__none__",
+        model=models_regex(),
         sampler="ddpm|ddim",
         steps="[0-9]+",
     log:
@@ -112,9 +114,7 @@ rule sample_steps:
         mem_mb=8000,
         runtime=12 * 60,
     shell:
-        "wdm-bench sample --run {params.run:q} --n {params.n} --seed {params.seed} "
-        "--sampler {wildcards.sampler} --steps {wildcards.steps} --batch-size {params.batch_size} "
-        "--out {params.out:q} --threads {threads} --no-progress > {log:q} 2>&1"
+        SAMPLE_SHELL
 
 
 rule evaluate_steps:
@@ -122,16 +122,14 @@ rule evaluate_steps:
     input:
         samples="results/{dataset}/{res}/{model}/steps/{sampler}_{steps}/sample_profile.json",
         real_stats=REAL_STATS,
+        settings=SETTINGS,
     output:
         metrics="results/{dataset}/{res}/{model}/steps/{sampler}_{steps}/metrics.json",
     params:
         fake=lambda w: f"results/{w.dataset}/{w.res}/{w.model}/steps/{w.sampler}_{w.steps}",
-        opts=EVAL_EXTRACTOR_OPTS,
-        score=EVAL_SCORE_OPTS,
-        protocol=_EV["protocol"],
         n_fake=_SWEEP["n_samples"],
     wildcard_constraints:
-        model="|".join(MODELS) or "__none__",
+        model=models_regex(),
         sampler="ddpm|ddim",
         steps="[0-9]+",
     log:
@@ -145,9 +143,7 @@ rule evaluate_steps:
         mem_mb=8000,
         runtime=60,
     shell:
-        "wdm-bench evaluate --real-stats {input.real_stats:q} --fake {params.fake:q} "
-        "--out {output.metrics:q} --protocol {params.protocol:q} {params.opts} {params.score} "
-        "--n-fake {params.n_fake} --threads {threads} > {log:q} 2>&1"
+        EVALUATE_SHELL
 
 
 ruleorder: evaluate_steps > evaluate

@@ -1,20 +1,22 @@
-# Generic training and sampling for every model on the common interface (wdm/model.py).
-# A model joins with its own rules/models/<name>.smk calling register_model("<name>").
+# Training and sampling for every model on the common contract (wdm/model.py), one launcher each.
+# A model joins with its own rules/models/<name>.smk calling register_model("<name>"); a model
+# trained in stages (the 3D LDM) names them: each earlier stage S trains into .../{model}/S, the
+# last one into .../{model}/run, and `wdm-bench train --stage` derives each stage's run config.
 
 
 rule train:
-    """Train {model} on data/{dataset}/{res} into results/{dataset}/{res}/{model}/run."""
+    """Train {model} (its last stage) on data/{dataset}/{res} into results/{dataset}/{res}/{model}/run."""
     input:
-        manifest="data/{dataset}/{res}/manifest.csv",
-        config=lambda w: model_config(w.model),
+        unpack(train_inputs),
     output:
         profile="results/{dataset}/{res}/{model}/run/train_profile.json",
     params:
         run=run_dir,
         data=lambda w: f"data/{w.dataset}/{w.res}",
         launcher=lambda w: train_launcher(w.model),
+        stage=lambda w: stage_flag(w.model),
     wildcard_constraints:
-        model=generic_models_regex(),
+        model=models_regex(),
     log:
         "logs/{dataset}/{res}/{model}/train.log",
     benchmark:
@@ -27,17 +29,40 @@ rule train:
         runtime=24 * 60,
         gpu=lambda w: train_gpus(w.model),
     shell:
-        # training.gpus > 1: torchrun with one DDP process per GPU (common.smk: train_launcher).
-        # --resume: a rerun after a killed job continues from its last checkpoint.
-        # An out-of-memory run exits 0 with "status": "oom" in its profile; under torchrun the
-        # failing rank exits 3 to stop the others, so a recorded OOM also counts as done.
-        "{params.launcher} train --config {input.config:q} --data {params.data:q} "
-        "--out {params.run:q} --resume --threads {threads} --no-progress > {log:q} 2>&1 "
-        "|| grep -qs '\"status\": \"oom\"' {output.profile:q}"
+        TRAIN_SHELL
+
+
+rule train_stage:
+    """An earlier training stage of a staged {model} into results/{dataset}/{res}/{model}/{stage}."""
+    input:
+        unpack(train_inputs),
+    output:
+        profile="results/{dataset}/{res}/{model}/{stage}/train_profile.json",
+    params:
+        run=lambda w: f"results/{w.dataset}/{w.res}/{w.model}/{w.stage}",
+        data=lambda w: f"data/{w.dataset}/{w.res}",
+        launcher=lambda w: train_launcher(w.model, w.stage),
+        stage=lambda w: stage_flag(w.model, w.stage),
+    wildcard_constraints:
+        model=models_regex(STAGES),
+        stage=models_regex(sorted({s for m in STAGES for s in earlier_stages(m)})),
+    log:
+        "logs/{dataset}/{res}/{model}/train_{stage}.log",
+    benchmark:
+        "benchmarks/{dataset}/{res}/{model}/train_{stage}.tsv"
+    threads: config["threads"]
+    conda:
+        "../envs/wdm.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=24 * 60,
+        gpu=lambda w: train_gpus(w.model),
+    shell:
+        TRAIN_SHELL
 
 
 rule sample:
-    """Sample evaluation.n_samples volumes from a trained {model}."""
+    """Sample evaluation.n_samples volumes from a trained {model} with its run config's sampler."""
     input:
         profile="results/{dataset}/{res}/{model}/run/train_profile.json",
     output:
@@ -47,8 +72,9 @@ rule sample:
         out=lambda w: f"results/{w.dataset}/{w.res}/{w.model}/samples",
         n=config["evaluation"]["n_samples"],
         seed=config["evaluation"]["seed"],
+        sampler="",
     wildcard_constraints:
-        model=generic_models_regex(),
+        model=models_regex(),
     log:
         "logs/{dataset}/{res}/{model}/sample.log",
     benchmark:
@@ -60,5 +86,4 @@ rule sample:
         mem_mb=8000,
         runtime=12 * 60,
     shell:
-        "wdm-bench sample --run {params.run:q} --n {params.n} --seed {params.seed} "
-        "--out {params.out:q} --threads {threads} --no-progress > {log:q} 2>&1"
+        SAMPLE_SHELL

@@ -1,4 +1,4 @@
-# Memory and time against resolution (issue 6.2): one isolated probe per active model x mode x
+# Memory and time against resolution: one isolated probe per active model x mode x
 # resolution (workflow config `profiling`), collected into a CSV and a two-panel figure:
 #   results/profile/{model}/{mode}_{res}.json     peak memory, s/iteration, status ok|oom|...
 #   results/profile/memory.csv                    all probes, one row each
