@@ -99,6 +99,24 @@ def test_end_to_end_16cubed_into_table1(tmp_path):
                        cwd=tmp_path)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
+    # evaluation.ci_level reaches the intervals through the workflow config, and a change of it
+    # re-runs the evaluations only (not training or sampling).
+    wf = yaml.safe_load(wf_cfg.read_text())
+    wf["evaluation"]["ci_level"] = 0.5
+    wf_cfg.write_text(yaml.safe_dump(wf))
+    narrow = _snakemake("results/table1.csv", "--cores", "2", "--configfile", str(wf_cfg), cwd=tmp_path)
+    log = narrow.stdout + narrow.stderr
+    assert narrow.returncode == 0, log
+    assert "rule evaluate:" in log and "rule train:" not in log and "rule sample:" not in log
+    with open(tmp_path / "results" / "table1.csv") as f:
+        ref50, row50 = list(csv.DictReader(f))
+    for wide, half in ((ref, ref50), (row, row50)):
+        assert half["fid"] == wide["fid"]  # the same samples and features
+        assert (float(half["fid_ci_high"]) - float(half["fid_ci_low"])
+                < float(wide["fid_ci_high"]) - float(wide["fid_ci_low"]))
+    metrics = json.loads((tmp_path / "results" / "phantom-brain" / "16" / "wdm" / "metrics.json").read_text())
+    assert metrics["ci_level"] == 0.5 and metrics["config"]["ci_level"] == 0.5
+
 
 # Fault injection for the next test, in test code only: a sitecustomize module on PYTHONPATH runs
 # at the start of every Python process that Snakemake launches, and makes `wdm-bench STAGE` of one
