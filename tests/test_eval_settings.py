@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from eval.evaluate import PROTOCOLS
-from tests.test_evaluate import _folder
+from tests.test_evaluate import _folder, _isolated_hub  # noqa: F401 (an autouse fixture)
 from wdm.cli import main
 from wdm.config import EvaluationSettings, load_evaluation_settings, load_schema
 
@@ -20,12 +20,6 @@ WORKFLOW_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 
 #: the tiny evaluation: no MedicalNet, a small network, window and bootstrap.
 TINY = {"weights": None, "depth": 10, "kernel_size": 3, "n_bootstrap": 20, "seed": 0}
-
-
-@pytest.fixture(autouse=True)
-def _isolated_hub(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv("WDM_MEDICALNET_DIR", raising=False)
 
 
 @pytest.fixture
