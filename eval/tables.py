@@ -7,6 +7,9 @@ For ``results/{dataset}/{res}/{model}/metrics.json`` the row also reads the sibl
 subset of pairs, its standard error, the protocol and the weights' SHA-256. The real-vs-real
 reference row (model :data:`REFERENCE_MODEL`) comes first in each (dataset, resolution).
 
+A row never mixes provenances: samples made from another checkpoint than the run's final one,
+or metrics computed on another sample set than the one in ``samples/``, are an error.
+
 A model whose training or sampling ran out of memory (``"status": "oom"`` in its files, see
 :mod:`wdm.oom`) keeps its row: ``status`` is ``oom``, the metric cells read :data:`OOM`, and so do
 the profile cells of the stage that failed (``train_*`` or ``sample_*``); the cells of a stage that
@@ -87,6 +90,7 @@ def table_row(metrics_file: str | os.PathLike) -> dict:
     m_status, m = read_status(path)
     tp_status, tp = read_status(path.parent / "run" / "train_profile.json")
     sp_status, sp = read_status(path.parent / "samples" / "sample_profile.json")
+    _check_one_provenance(path, tp, sp, m)
     failed: set[str] = set()  # stages that ran out of memory
     if tp_status == STATUS_OOM:
         failed.add("train")
@@ -119,6 +123,21 @@ def table_row(metrics_file: str | os.PathLike) -> dict:
         for stage in failed:
             row.update(dict.fromkeys(STAGE_COLUMNS.get(stage, ()), OOM))
     return row
+
+
+def _check_one_provenance(path: Path, tp: dict, sp: dict, m: dict) -> None:
+    """Refuse a row whose samples come from another checkpoint than the run's final one, or
+    whose metrics were computed on another sample set than the one in ``samples/``."""
+    final = (tp.get("checkpoint") or {}).get("sha256")
+    used = sp.get("checkpoint_sha256")
+    if final and used and final != used:
+        raise InputError(f"{path.parent / 'samples' / 'sample_profile.json'}: the samples come from "
+                         f"checkpoint {sp.get('checkpoint')} (SHA-256 {used[:12]}), not the run's final "
+                         f"checkpoint (SHA-256 {final[:12]}); sample again before building the table")
+    scored, present = m.get("samples_provenance_key"), sp.get("provenance_key")
+    if scored and present and scored != present:
+        raise InputError(f"{path}: computed on the sample set {scored}, but samples/ holds the set "
+                         f"{present}; evaluate again before building the table")
 
 
 def build_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:

@@ -20,7 +20,7 @@ PACKAGES = ("wdm", "baselines", "eval")
 LAYERS: dict[str, str] = {
     # core: files, config, errors, measurement, checkpoints, run records
     "wdm.io": "core", "wdm.config": "core", "wdm.oom": "core", "wdm.profiling": "core",
-    "wdm.checkpoints": "core", "wdm.records": "core",
+    "wdm.checkpoints": "core", "wdm.records": "core", "wdm.locks": "core",
     # building blocks: pure transforms, networks, processes, metrics, data preparation
     "wdm.wavelets": "blocks", "wdm.codec": "blocks", "wdm.networks": "blocks",
     "wdm.diffusion": "blocks", "wdm.samplers": "blocks", "wdm.data": "blocks",
@@ -30,7 +30,7 @@ LAYERS: dict[str, str] = {
     # harness: runs models (training, sampling, scale-out, probes, weight conversion)
     "wdm.train": "harness", "wdm.loop": "harness", "wdm.sample": "harness",
     "wdm.distributed": "harness", "wdm.probe": "harness", "wdm.activation_memory": "harness",
-    "wdm.convert": "harness",
+    "wdm.convert": "harness", "wdm.runs": "harness",
     # evaluation: reads volumes and records, never runs a model
     "eval": "evaluation",
     # the command line

@@ -109,7 +109,7 @@ def test_sample_oom_mid_run_removes_the_failed_batch(tiny_run, tmp_path, monkeyp
     assert json.loads((out / "sample_profile.json").read_text())["status"] == "oom"
     # batch 1 is kept, batch 2's volume(s) removed, batch 3 never made, no temporary file left
     assert sorted(p.name for p in out.iterdir()) == [
-        "sample_0000.nii.gz", "sample_0001.nii.gz", "sample_profile.json"]
+        "provenance.json", "sample_0000.nii.gz", "sample_0001.nii.gz", "sample_profile.json"]
     assert "smaller sampling.batch_size (--batch-size 1)" in caplog.text
 
     monkeypatch.undo()  # a second run (more memory) completes the set and says ok

@@ -61,15 +61,20 @@ def test_resume_is_bit_identical(phantom16, tiny_config, tmp_path):
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
 
 
-def test_existing_run_needs_resume_and_matching_config(phantom16, tiny_config, tmp_path):
+def test_existing_run_needs_resume_and_another_config_is_moved_aside(phantom16, tiny_config, tmp_path):
     run = tmp_path / "run"
     train(tiny_config, phantom16, run, progress=False, max_steps=3)
     with pytest.raises(InputError, match="--resume"):
         train(tiny_config, phantom16, run, progress=False)
     other = copy.deepcopy(TINY_RUN)
     other["network"] = {"preset": "tiny", "base_channels": 8}
-    with pytest.raises(InputError, match="network"):
-        train(other, phantom16, run, resume=True, progress=False)
+    prof = train(other, phantom16, run, resume=True, progress=False)
+    assert prof["steps_trained"] == TINY_RUN["training"]["steps"]  # a fresh run, from step 0
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.replaced-")]
+    assert len(aside) == 1 and [c.name for c in sorted((aside[0] / "checkpoints").glob("*.pt"))] == [
+        "step_0000003.pt"]
+    with open(run / "loss.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_sample_reproducible_and_resumable(phantom16, tiny_config, tmp_path):

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wdm import distributed
-from wdm.checkpoints import load_checkpoint, remove_partial_checkpoints, save_checkpoint
+from wdm.checkpoints import remove_partial_checkpoints, save_checkpoint
 from wdm.config import config_hash, dump_yaml
 from wdm.data.prepare import split_files
 from wdm.io import (
@@ -31,6 +31,7 @@ from wdm.io import (
     code_version,
     load_nifti,
     load_prepared_volume,
+    sha256_file,
     write_json_atomic,
     write_text_atomic,
 )
@@ -44,14 +45,11 @@ from wdm.profiling import (
     reset_peak_memory,
 )
 from wdm.records import TRAIN, make_record
+from wdm.runs import identity_hash, write_record
 
 __all__ = ["Training", "setup_training", "TrainLoop", "batch_indices"]
 
 log = logging.getLogger(__name__)
-
-#: Sections that must match between a run's saved config and the one given to --resume.
-FROZEN_SECTIONS = ("model", "network", "diffusion")
-
 
 def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> list[int]:
     """Indices of the batch for 0-based ``step``: epochs of seeded permutations, concatenated.
@@ -160,13 +158,14 @@ class TrainLoop:
     """
 
     def __init__(self, cfg: dict, data_dir: Path, run_dir: Path, ctx: distributed.DistContext,
-                 device: torch.device, *, progress: bool = True) -> None:
-        self.cfg, self.tcfg = cfg, cfg["training"]
+                 device: torch.device, identity: dict[str, Any], *, progress: bool = True) -> None:
+        self.cfg, self.tcfg, self.identity = cfg, cfg["training"], identity
         self.data_dir, self.run_dir, self.ctx, self.device = data_dir, run_dir, ctx, device
         self.progress = progress
         self.stage = (cfg.get(cfg["model"]) or {}).get("stage")
         self.volume_shape: tuple[int, ...] | None = None
         self.current_step: int | None = None  # the step being trained (for an OOM report)
+        self.last_checkpoint: Path | None = None
         self.oom = False
         self.step = 0
         self.best: dict[str, Any] = {"step": 0, "loss": float("inf")}
@@ -187,31 +186,24 @@ class TrainLoop:
         self.training = setup_training(self.model, self.tcfg, self.device, self.ctx)
         self.generator = torch.Generator(device=self.device).manual_seed(self.tcfg["seed"])
 
-    def restore(self, last: Path | None, resume: bool) -> None:
-        """Continue from checkpoint ``last`` (model, optimizers, RNG, step, best), if any."""
-        if last is None:
-            if resume:
-                log.warning("%s: --resume given but no checkpoint found; starting from scratch",
-                            self.run_dir)
+    def restore(self, saved: dict | None, resume: bool) -> None:
+        """Continue from the checkpoint ``saved`` (model, optimizers, RNG, step, best), if any.
+
+        Its identity was checked by :func:`wdm.train.train`: the same configuration and data.
+        """
+        if saved is None:
             return
-        ckpt = load_checkpoint(last, map_location=self.device)
-        for key in FROZEN_SECTIONS:
-            if ckpt["config"].get(key) != self.cfg.get(key):
-                raise InputError(
-                    f"{last}: checkpoint was trained with {key}={ckpt['config'].get(key)!r}, the "
-                    f"config says {self.cfg.get(key)!r}; resume with the run's own "
-                    "config/RUN/config.yaml or start a new run")
         for name, m in self.training.modules.items():
-            m.load_state_dict(ckpt["model"][name])
+            m.load_state_dict(saved["model"][name])
         opts = self.training.optimizers
-        if set(ckpt["optimizer"]) != set(opts):
-            raise InputError(f"{last}: optimizers {sorted(ckpt['optimizer'])} differ from the "
-                             f"model's {sorted(opts)}")
+        if set(saved["optimizer"]) != set(opts):
+            raise InputError(f"{self.run_dir}: the checkpoint's optimizers {sorted(saved['optimizer'])} "
+                             f"differ from the model's {sorted(opts)}")
         for name, o in opts.items():
-            o.load_state_dict(ckpt["optimizer"][name])
-        self.generator.set_state(ckpt["generator"].cpu())
-        self.step, self.best = int(ckpt["step"]), dict(ckpt["best"])
-        log.info("resumed %s at step %d", last, self.step)
+            o.load_state_dict(saved["optimizer"][name])
+        self.generator.set_state(saved["generator"].cpu())
+        self.step, self.best = int(saved["step"]), dict(saved["best"])
+        log.info("resumed %s at step %d", self.run_dir, self.step)
 
     def prepare_run_dir(self) -> None:
         """Rank 0: the folder, no partial checkpoint, the resolved config, the loss log cut to step."""
@@ -299,10 +291,11 @@ class TrainLoop:
             "optimizer": {k: o.state_dict() for k, o in self.training.optimizers.items()},
             "generator": self.generator.get_state(),
             "config": self.cfg,
+            "identity": self.identity,
             "data": self.data_info,
             "code_version": code_version(),
         }
-        save_checkpoint(self.run_dir, state, self.tcfg["keep_last"])
+        self.last_checkpoint = save_checkpoint(self.run_dir, state, self.tcfg["keep_last"])
 
     # -- the record -------------------------------------------------------------------------------
     def setup_facts(self, checkpointing: bool | None) -> dict[str, Any]:
@@ -312,6 +305,11 @@ class TrainLoop:
                 "batch_size_per_process": tcfg["batch_size"] // self.ctx.world_size,
                 "world_size": self.ctx.world_size, "precision": tcfg["precision"],
                 "activation_checkpointing": checkpointing}
+
+    def _final_checkpoint(self) -> dict[str, Any] | None:
+        """Name, step and SHA-256 of the checkpoint this call wrote last (rank 0), for provenance."""
+        path = self.last_checkpoint if self.ctx.is_main else None
+        return {"file": path.name, "step": self.step, "sha256": sha256_file(path)} if path else None
 
     def finish(self, wall_seconds: float) -> dict:
         """The profile of this call; written to ``train_profile.json`` once the run is complete."""
@@ -326,9 +324,11 @@ class TrainLoop:
             **self.setup_facts(self.training.activation_checkpointing),
             volume_shape=list(self.volume_shape),
             data={k: v for k, v in self.data_info.items() if k != "affine"},
-            model_info=self.model.run_info(), config_hash=config_hash(self.cfg),
+            model_info=self.model.run_info(), checkpoint=self._final_checkpoint(),
+            identity_hash=identity_hash(self.identity), config_hash=config_hash(self.cfg),
             code_version=code_version())
         if self.step >= total and self.ctx.is_main:
+            write_record(self.run_dir, profile)
             write_json_atomic(self.run_dir / "train_profile.json", profile)
         log.info("trained %s to step %d/%d: %.3f s/it, peak %.2f GB", self.cfg["model"], self.step,
                  total, profile["s_per_iteration"] or float("nan"), profile["peak_memory_gb"])

@@ -48,7 +48,7 @@ from wdm.networks import WDMUNet, build_network
 from wdm.samplers import get_sampler
 
 __all__ = ["BenchmarkModel", "DiffusionModel", "WDMModel", "register_model", "model_stages",
-           "get_model_class", "build_model", "configure_stage"]
+           "get_model_class", "model_class", "build_model", "configure_stage"]
 
 _REGISTRY: dict[str, dict[str | None, type[BenchmarkModel]]] = {}
 
@@ -75,6 +75,15 @@ class BenchmarkModel:
     def stage_config(cls, cfg: dict, run_dir: Path) -> dict:
         """The run config this model (stage) trains with in ``run_dir``; unchanged by default."""
         return cfg
+
+    @classmethod
+    def upstream_identity(cls, cfg: dict) -> dict[str, Any]:
+        """What earlier runs this one reads, e.g. a checkpoint's SHA-256 (part of the run's
+        identity, :mod:`wdm.runs`); nothing by default."""
+        return {}
+
+    def check_sampling(self, sampling: Mapping[str, Any]) -> None:
+        """Raise :class:`InputError` for sampling settings this model cannot use; none by default."""
 
     def modules(self) -> dict[str, nn.Module]:
         raise NotImplementedError(f"model {self.name!r} must define modules()")
@@ -194,9 +203,14 @@ def _stage_of(cfg: Mapping[str, Any]) -> str | None:
     return None if None in stages else (cfg.get(cfg["model"]) or {}).get("stage")
 
 
+def model_class(cfg: Mapping[str, Any]) -> type[BenchmarkModel]:
+    """The class of the model (and stage) a resolved run config names."""
+    return get_model_class(cfg["model"], _stage_of(cfg))
+
+
 def build_model(cfg: dict, volume_shape: Sequence[int]) -> BenchmarkModel:
     """The model (and stage) a resolved run config names, at ``volume_shape`` (D, H, W)."""
-    return get_model_class(cfg["model"], _stage_of(cfg))(cfg, volume_shape)
+    return model_class(cfg)(cfg, volume_shape)
 
 
 def configure_stage(cfg: dict, run_dir: str | os.PathLike, stage: str | None = None) -> dict:
@@ -205,8 +219,7 @@ def configure_stage(cfg: dict, run_dir: str | os.PathLike, stage: str | None = N
     if stage is not None:
         get_model_class(cfg["model"], stage)  # an unknown stage is an error naming the allowed ones
         cfg.setdefault(cfg["model"], {})["stage"] = stage
-    cls = get_model_class(cfg["model"], _stage_of(cfg))
-    return resolve_run_config(cls.stage_config(cfg, Path(run_dir)))
+    return resolve_run_config(model_class(cfg).stage_config(cfg, Path(run_dir)))
 
 
 class DiffusionModel(BenchmarkModel):
@@ -275,6 +288,13 @@ class DiffusionModel(BenchmarkModel):
 
     def sampling_record(self, sampling: Mapping[str, Any]) -> dict[str, Any]:
         return {"sampler": sampling["sampler"], "sampler_steps": sampling["steps"]}
+
+    def check_sampling(self, sampling: Mapping[str, Any]) -> None:
+        """``sampling.steps`` must not exceed the diffusion's T."""
+        if sampling["steps"] > self.diffusion.num_timesteps:
+            raise InputError(f"sampling.steps: {sampling['steps']} exceeds the "
+                             f"{self.diffusion.num_timesteps} timesteps of this run's diffusion "
+                             "(diffusion.timesteps)")
 
     def sampling_network(self) -> nn.Module:
         return self.network

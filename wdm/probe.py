@@ -90,11 +90,10 @@ def _rss_gb() -> float:
 def _build(cfg: dict, shape: tuple[int, int, int]) -> tuple[Any, list[str]]:
     """The model as a probe measures it (:meth:`~wdm.model.BenchmarkModel.for_probe`) and notes;
     a U-Net too deep for its input grid loses its last levels (noted)."""
-    from wdm.model import get_model_class, model_stages
+    from wdm.model import model_class
     from wdm.networks import NETWORK_PRESETS
 
-    stages = model_stages(cfg["model"])
-    cls = get_model_class(cfg["model"], None if None in stages else cfg[cfg["model"]]["stage"])
+    cls = model_class(cfg)
     notes: list[str] = []
     while True:
         try:

@@ -31,14 +31,14 @@ TRAIN = RecordKind("train", (
     "oom_at_step", "rank", "s_per_iteration", "wall_seconds_this_call", "peak_memory_gb",
     "peak_memory_kind", "n_parameters", "device", "batch_size", "batch_size_per_process",
     "world_size", "precision", "activation_checkpointing", "volume_shape", "data", "model_info",
-    "converted_from", "config_hash", "code_version",
+    "converted_from", "checkpoint", "identity_hash", "config_hash", "code_version",
 ))
 
 #: ``samples/sample_profile.json``.
 SAMPLE = RecordKind("sample", (
     "failed_stage", "model", "n", "seed", "sampler", "sampler_steps", "batch_size", "s_per_volume",
-    "peak_memory_gb", "peak_memory_kind", "device", "checkpoint", "checkpoint_step", "config_hash",
-    "config", "code_version",
+    "peak_memory_gb", "peak_memory_kind", "device", "checkpoint", "checkpoint_step",
+    "checkpoint_sha256", "provenance_key", "config_hash", "config", "code_version",
 ))
 
 #: One memory/time probe (:mod:`wdm.probe`).

@@ -7,12 +7,21 @@ is run again writes only the volumes that are missing. Each file is written atom
 and ``"status"``: ``"ok"``, or ``"oom"`` (see :mod:`wdm.oom`) when training ran out of memory (then
 nothing is sampled) or sampling did (then the volumes of the failing batch are removed); both exit
 normally so the rest of the workflow goes on and the table shows ``OOM``.
+
+Provenance: ``OUT/provenance.json`` names the checkpoint (file, step, SHA-256), sampler, steps,
+eta, seed, batch size and device type of the set, and a key over them, written before any volume;
+every profile records the key. A rerun reuses volumes only of the same key (a killed job resumes)
+and otherwise replaces the whole set; a finished set of the same key is kept with its
+measurements. One process at a time samples into a folder (:mod:`wdm.locks`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +33,8 @@ from tqdm.auto import tqdm
 
 from wdm.checkpoints import latest_checkpoint, load_checkpoint
 from wdm.config import config_hash, resolve_run_config
-from wdm.io import InputError, code_version, save_nifti, write_json_atomic
+from wdm.io import InputError, code_version, save_nifti, sha256_file, write_json_atomic
+from wdm.locks import folder_lock
 from wdm.model import BenchmarkModel, build_model
 from wdm.oom import STATUS_OK, STATUS_OOM, is_out_of_memory, one_line, read_status, release_memory
 from wdm.profiling import (
@@ -36,9 +46,12 @@ from wdm.profiling import (
 )
 from wdm.records import SAMPLE, make_record
 
-__all__ = ["sample", "batch_seed", "sample_path"]
+__all__ = ["sample", "batch_seed", "sample_path", "provenance", "PROVENANCE"]
 
 log = logging.getLogger(__name__)
+
+#: The sidecar of a samples folder: the provenance of its set (and, once complete, its profile).
+PROVENANCE = "provenance.json"
 
 
 def batch_seed(seed: int, batch: int) -> int:
@@ -67,7 +80,10 @@ def sample(run_dir: str | os.PathLike, n: int, seed: int, out_dir: str | os.Path
            progress: bool = True) -> dict:
     """Generate ``n`` volumes from the latest checkpoint of ``run_dir`` into ``out_dir``.
 
-    Sampler, steps, batch size and device default to the run config's ``sampling`` section.
+    Sampler, steps, batch size and device default to the run config's ``sampling`` section; the
+    overrides are validated by the same schema. The set's provenance (checkpoint step and SHA-256,
+    sampler, steps, eta, seed, batch size, device type) is ``OUT/provenance.json``; volumes already
+    in ``out_dir`` are reused only when it matches, otherwise the old set is replaced as a whole.
     Returns the sampling profile (also written to ``OUT/sample_profile.json``). If
     ``RUN/train_profile.json`` says training ran out of memory, or sampling does, the profile has
     ``"status": "oom"`` and an ``"error"`` line, and no exception is raised.
@@ -77,41 +93,124 @@ def sample(run_dir: str | os.PathLike, n: int, seed: int, out_dir: str | os.Path
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     train_status, train_prof = read_status(run_dir / "train_profile.json")
     if train_status == STATUS_OOM:
-        return _upstream_oom(run_dir, out_dir, train_prof, n, seed)
+        with folder_lock(out_dir, "sampling"):
+            return _upstream_oom(run_dir, out_dir, train_prof, n, seed)
     ckpt_path = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir)
     if ckpt_path is None:
         raise InputError(f"{run_dir}: no checkpoint found in {run_dir / 'checkpoints'}")
     ckpt = load_checkpoint(ckpt_path)
-    cfg = resolve_run_config(ckpt["config"], source=str(ckpt_path))
-    scfg = dict(cfg["sampling"])
-    scfg.update({k: v for k, v in {"sampler": sampler, "steps": steps, "batch_size": batch_size,
-                                   "device": device}.items() if v is not None})
+    cfg = _with_sampling(ckpt, ckpt_path, sampler=sampler, steps=steps, batch_size=batch_size,
+                         device=device)
+    scfg = cfg["sampling"]
     dev = resolve_device(scfg["device"])
     model = _load_model(cfg, ckpt, dev)
-    _remove_partial_files(out_dir)
-    reset_peak_memory(dev)
-    done = _generate_missing(model, scfg, n, seed, out_dir, np.asarray(ckpt["data"]["affine"]),
-                             dev, progress)
-    if done.error:
-        release_memory(dev)
-    profile = make_record(
-        SAMPLE, STATUS_OOM if done.error else STATUS_OK, done.error,
-        failed_stage="sample" if done.error else None, model=cfg["model"], n=n, seed=seed,
-        **model.sampling_record(scfg), batch_size=scfg["batch_size"],
-        s_per_volume=(done.seconds / done.made) if done.made and not done.error else None,
-        peak_memory_gb=peak_memory_gb(dev) if done.made and not done.error else None,
-        peak_memory_kind=peak_memory_kind(dev), device=device_description(dev),
-        checkpoint=str(ckpt_path), checkpoint_step=int(ckpt["step"]), config_hash=config_hash(cfg),
-        config=cfg, code_version=code_version())
-    prev = out_dir / "sample_profile.json"
-    if not done.made and not done.error and prev.exists() and read_status(prev)[0] == STATUS_OK:
-        log.info("%s: all %d volumes present; nothing to do", out_dir, n)
-        return profile
-    write_json_atomic(prev, profile)
+    model.check_sampling(scfg)
+    prov = provenance(cfg, ckpt, ckpt_path, seed, dev)
+    with folder_lock(out_dir, "sampling"):
+        kept = _adopt_folder(out_dir, prov)
+        if kept is not None and kept["n"] >= n and all(sample_path(out_dir, i).exists() for i in range(n)):
+            return _keep(out_dir, kept, n)
+        reset_peak_memory(dev)
+        done = _generate_missing(model, scfg, n, seed, out_dir, np.asarray(ckpt["data"]["affine"]),
+                                 dev, progress, ckpt_path)
+        if done.error:
+            release_memory(dev)
+        profile = _profile(cfg, model, scfg, n, seed, dev, ckpt, ckpt_path, prov, done)
+        if not done.error:
+            write_json_atomic(out_dir / PROVENANCE, {**prov, "profile": profile})
+        write_json_atomic(out_dir / "sample_profile.json", profile)
     if not done.error:
         log.info("sampled %d volumes (%s, %s steps): %.2f s/volume", n, profile["sampler"],
                  profile["sampler_steps"], profile["s_per_volume"] or float("nan"))
     return profile
+
+
+def _keep(out_dir: Path, kept: dict, n: int) -> dict:
+    """A finished set of this provenance: keep its first ``n`` volumes and its measurements."""
+    for extra in out_dir.glob("sample_*.nii.gz"):
+        if int(extra.name[7:11]) >= n:
+            extra.unlink()
+    profile = {**kept, "n": n}
+    write_json_atomic(out_dir / PROVENANCE, {**_read_provenance(out_dir), "profile": profile})
+    write_json_atomic(out_dir / "sample_profile.json", profile)
+    log.info("%s: all %d volumes of this provenance present; nothing to do", out_dir, n)
+    return profile
+
+
+def _with_sampling(ckpt: dict, ckpt_path: Path, **overrides: Any) -> dict:
+    """The checkpoint's run config with the sampling overrides that are given, validated."""
+    cfg = resolve_run_config(ckpt["config"], source=str(ckpt_path))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if not given:
+        return cfg
+    return resolve_run_config({**cfg, "sampling": {**cfg["sampling"], **given}},
+                              source="command line")
+
+
+def provenance(cfg: dict, ckpt: dict, ckpt_path: Path, seed: int, dev: torch.device) -> dict:
+    """What the volumes of a sample run depend on, and its key (SHA-256 of the rest)."""
+    scfg = cfg["sampling"]
+    prov = {"model": cfg["model"], "checkpoint": ckpt_path.name, "checkpoint_step": int(ckpt["step"]),
+            "checkpoint_sha256": sha256_file(ckpt_path), "sampler": scfg["sampler"],
+            "steps": scfg["steps"], "eta": scfg["eta"], "seed": int(seed),
+            "batch_size": scfg["batch_size"], "device_type": dev.type}
+    return {"key": hashlib.sha256(json.dumps(prov, sort_keys=True).encode()).hexdigest()[:16], **prov}
+
+
+def _adopt_folder(out_dir: Path, prov: dict) -> dict | None:
+    """Make ``out_dir`` the home of a set with provenance ``prov``; returns the profile of a
+    finished set of that provenance found there, if any.
+
+    Volumes of another provenance (or of none recorded) are replaced as a whole: the folder is
+    moved aside and removed, so a set of two provenances never exists. Files that are not samples
+    are an error (the folder is not a samples folder).
+    """
+    _remove_partial_files(out_dir)
+    if out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if not _is_managed(p.name))
+        if foreign:
+            raise InputError(f"{out_dir}: holds files that are not samples ({', '.join(foreign[:3])}); "
+                             "choose an empty folder or a samples folder for --out")
+    old = _read_provenance(out_dir)
+    if old is not None and old.get("key") == prov["key"]:
+        return old.get("profile")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        log.warning("%s: holds volumes of another provenance (%s); replacing the set", out_dir,
+                    "none recorded" if old is None else f"key {old.get('key')}")
+        aside = out_dir.with_name(f".{out_dir.name}.replaced-{os.getpid()}")
+        os.replace(out_dir, aside)
+        shutil.rmtree(aside)
+    write_json_atomic(out_dir / PROVENANCE, prov)
+    return None
+
+
+def _is_managed(name: str) -> bool:
+    return name.startswith(".") or name in (PROVENANCE, "sample_profile.json") or (
+        name.startswith("sample_") and name.endswith(".nii.gz"))
+
+
+def _read_provenance(out_dir: Path) -> dict | None:
+    try:
+        prov = json.loads((out_dir / PROVENANCE).read_text())
+    except (OSError, ValueError):
+        return None
+    return prov if isinstance(prov, dict) else None
+
+
+def _profile(cfg: dict, model: BenchmarkModel, scfg: dict, n: int, seed: int, dev: torch.device,
+             ckpt: dict, ckpt_path: Path, prov: dict, done: _Progress) -> dict:
+    """The sample record of this call (``oom`` with the error, or ``ok`` with its measurements)."""
+    measured = done.made and not done.error
+    return make_record(
+        SAMPLE, STATUS_OOM if done.error else STATUS_OK, done.error,
+        failed_stage="sample" if done.error else None, model=cfg["model"], n=n, seed=seed,
+        **model.sampling_record(scfg), batch_size=scfg["batch_size"],
+        s_per_volume=(done.seconds / done.made) if measured else None,
+        peak_memory_gb=peak_memory_gb(dev) if measured else None,
+        peak_memory_kind=peak_memory_kind(dev), device=device_description(dev),
+        checkpoint=str(ckpt_path), checkpoint_step=int(ckpt["step"]),
+        checkpoint_sha256=prov["checkpoint_sha256"], provenance_key=prov["key"],
+        config_hash=config_hash(cfg), config=cfg, code_version=code_version())
 
 
 def _load_model(cfg: dict, ckpt: dict, dev: torch.device) -> BenchmarkModel:
@@ -132,7 +231,8 @@ def _remove_partial_files(out_dir: Path) -> None:
 
 
 def _generate_missing(model: BenchmarkModel, scfg: dict, n: int, seed: int, out_dir: Path,
-                      affine: np.ndarray, dev: torch.device, progress: bool) -> _Progress:
+                      affine: np.ndarray, dev: torch.device, progress: bool,
+                      ckpt_path: Path) -> _Progress:
     """Generate and write every batch with a missing volume; stop at an out-of-memory error."""
     bs = scfg["batch_size"]
     n_batches = (n + bs - 1) // bs
@@ -143,7 +243,7 @@ def _generate_missing(model: BenchmarkModel, scfg: dict, n: int, seed: int, out_
             continue
         done.written = []
         try:
-            _one_batch(model, scfg, idx, batch_seed(seed, b), out_dir, affine, dev, done)
+            _one_batch(model, scfg, idx, batch_seed(seed, b), out_dir, affine, dev, done, ckpt_path)
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -160,8 +260,12 @@ def _generate_missing(model: BenchmarkModel, scfg: dict, n: int, seed: int, out_
 
 
 def _one_batch(model: BenchmarkModel, scfg: dict, idx: list[int], batch_seed_: int, out_dir: Path,
-               affine: np.ndarray, dev: torch.device, done: _Progress) -> None:
-    """One batch of ``sampling.batch_size`` volumes; writes those of ``idx`` that are missing."""
+               affine: np.ndarray, dev: torch.device, done: _Progress, ckpt_path: Path) -> None:
+    """One batch of ``sampling.batch_size`` volumes; writes those of ``idx`` that are missing.
+
+    A batch with NaN/Inf voxels is an :class:`InputError` (nothing of it is written): a model
+    whose weights hold NaN generates such volumes, and they must not be scored as samples.
+    """
     gen = torch.Generator(device=dev).manual_seed(batch_seed_)
     t0 = time.perf_counter()
     x = model.generate(scfg["batch_size"], gen, sampler=scfg["sampler"], steps=scfg["steps"],
@@ -170,7 +274,13 @@ def _one_batch(model: BenchmarkModel, scfg: dict, idx: list[int], batch_seed_: i
         torch.cuda.synchronize(dev)
     done.seconds += time.perf_counter() - t0
     done.made += scfg["batch_size"]
-    vols = ((x[:, 0].float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0).numpy()
+    x = x[:, 0].float().cpu()
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise InputError(f"{ckpt_path}: the model generated {bad} NaN/Inf voxels in batch "
+                         f"{idx[0] // scfg['batch_size'] + 1} (its weights or sampler settings are "
+                         "broken); no volume of the batch was written")
+    vols = ((x + 1.0) / 2.0).clamp(0.0, 1.0).numpy()
     for j, i in enumerate(idx):
         if not sample_path(out_dir, i).exists():
             done.written.append(sample_path(out_dir, i))

@@ -23,19 +23,22 @@ so the workflow goes on and the table shows OOM.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
 
 from wdm import distributed
-from wdm.checkpoints import latest_checkpoint
+from wdm.checkpoints import latest_checkpoint, load_checkpoint
 from wdm.config import config_hash, load_run_config, resolve_run_config
 from wdm.io import InputError, code_version, write_json_atomic
+from wdm.locks import folder_lock
 from wdm.loop import TrainLoop, batch_indices, setup_training
 from wdm.model import configure_stage
 from wdm.oom import STATUS_OOM, is_out_of_memory, one_line, release_memory
 from wdm.profiling import device_description, resolve_device
 from wdm.records import TRAIN, make_record
+from wdm.runs import RECORD_NAME, move_aside, read_record, run_identity
 
 __all__ = ["train", "batch_indices", "setup_training"]
 
@@ -49,10 +52,12 @@ def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir
 
     ``config``: a run-config file or dict; ``stage``: the training stage of a staged model (the
     3D LDM's ``vqgan`` or ``diffusion``; default the config's own), see
-    :func:`wdm.model.configure_stage`. With ``resume`` the latest checkpoint of ``run_dir`` is
-    continued (its model, network and diffusion settings must match). ``max_steps`` stops after
-    that many steps of this call (for tests). Returns the training profile, also written to
-    ``RUN/train_profile.json`` when the run has finished or ran out of memory.
+    :func:`wdm.model.configure_stage`. With ``resume`` the rerun semantics of :mod:`wdm.runs`
+    apply (continue the same run, keep a finished one, move another run aside); without it a
+    folder with checkpoints is an error. One process at a time trains into a folder
+    (:mod:`wdm.locks`). ``max_steps`` stops after that many steps of this call (for tests).
+    Returns the training profile, also written to ``RUN/train_profile.json`` when the run has
+    finished or ran out of memory.
     """
     cfg = load_run_config(config) if not isinstance(config, dict) else resolve_run_config(config)
     cfg = configure_stage(cfg, run_dir, stage)
@@ -64,22 +69,62 @@ def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir
                     "%d (the loss curve does not depend on it)", tcfg["gpus"], ctx.world_size,
                     tcfg["batch_size"], ctx.world_size)
     device = resolve_device(tcfg["device"], ctx.local_rank if ctx.enabled else None)
+    run_dir = Path(run_dir)
+    identity = run_identity(cfg, data_dir)
+    lock = folder_lock(run_dir, "training") if ctx.is_main else contextlib.nullcontext()
+    with lock:
+        saved = _previous_run(run_dir, identity, resume, ctx)
+        if saved is not None and int(saved["step"]) >= tcfg["steps"]:
+            return _finished(run_dir, identity, saved, ctx)
+        loop = TrainLoop(cfg, Path(data_dir), run_dir, ctx, device, identity, progress=progress)
+        try:
+            loop.setup()
+            loop.restore(saved, resume)
+            return loop.run(max_steps)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            return _out_of_memory(loop, exc)
+        finally:
+            if not loop.oom:  # after an OOM the other ranks may be stuck in a collective
+                distributed.shutdown(ctx)
+
+
+def _previous_run(run_dir: Path, identity: dict, resume: bool,
+                  ctx: distributed.DistContext) -> dict | None:
+    """The latest checkpoint to continue from (loaded on the CPU), or None for a fresh run.
+
+    Without ``resume`` a folder with checkpoints is an error; with it, a run of another identity
+    is moved aside (rank 0; the other ranks of a data-parallel job then see no checkpoint).
+    """
     last = latest_checkpoint(run_dir)
-    if last is not None and not resume:
+    if last is None:
+        if resume:
+            log.warning("%s: --resume given but no checkpoint found; starting from scratch", run_dir)
+        return None
+    if not resume:
         raise InputError(f"{run_dir}: holds checkpoints already (latest {last.name}); "
                          "pass --resume to continue or choose a new run folder")
-    loop = TrainLoop(cfg, Path(data_dir), Path(run_dir), ctx, device, progress=progress)
-    try:
-        loop.setup()
-        loop.restore(last if resume else None, resume)
-        return loop.run(max_steps)
-    except Exception as exc:
-        if not is_out_of_memory(exc):
-            raise
-        return _out_of_memory(loop, exc)
-    finally:
-        if not loop.oom:  # after an OOM the other ranks may be stuck in a collective
-            distributed.shutdown(ctx)
+    saved = load_checkpoint(last)
+    if saved.get("identity") == identity:
+        return saved
+    if ctx.is_main:
+        move_aside(run_dir, saved.get("identity"))
+    return None
+
+
+def _finished(run_dir: Path, identity: dict, saved: dict, ctx: distributed.DistContext) -> dict:
+    """A finished run of the same identity: train nothing, keep every measurement."""
+    record = read_record(run_dir, identity)
+    if record is None:
+        raise InputError(f"{run_dir}: the run reached step {saved['step']} but its record "
+                         f"({RECORD_NAME}) is missing or damaged, so its measurements are "
+                         "lost; move the folder away to train it again")
+    if ctx.is_main:
+        write_json_atomic(run_dir / "train_profile.json", record)
+    log.info("%s: finished run of this configuration (step %d); nothing to train", run_dir,
+             record["steps_trained"])
+    return record
 
 
 def _out_of_memory(loop: TrainLoop, exc: BaseException) -> dict:

@@ -35,7 +35,7 @@ from baselines.ldm.losses import MedicalNetPerceptual, build_perceptual, hinge_d
 from baselines.ldm.vqgan import ARCH_KEYS, VQGAN, build_discriminator, build_vqgan, vqgan_settings
 from eval.features import medicalnet_resnet
 from wdm.checkpoints import latest_checkpoint, load_checkpoint
-from wdm.io import InputError
+from wdm.io import InputError, sha256_file
 from wdm.model import BenchmarkModel, DiffusionModel, register_model
 from wdm.oom import STATUS_OOM, UpstreamOutOfMemory, read_status
 
@@ -254,6 +254,14 @@ class LatentDiffusionStage(DiffusionModel):
     def stage_config(cls, cfg: dict, run_dir: Path) -> dict:
         """``ldm.vqgan_run`` defaults to the stage-1 folder beside ``run_dir`` (``../vqgan``)."""
         return stage_config(cfg, "diffusion", cfg["ldm"].get("vqgan_run") or run_dir.parent / "vqgan")
+
+    @classmethod
+    def upstream_identity(cls, cfg: dict) -> dict[str, Any]:
+        """The SHA-256 of the stage-1 checkpoint this stage freezes (a retrained VQ-GAN makes
+        another run)."""
+        last = latest_checkpoint(cfg["ldm"]["vqgan_run"]) if cfg["ldm"]["vqgan_run"] else None
+        return {"vqgan_checkpoint": last.name if last else None,
+                "vqgan_checkpoint_sha256": sha256_file(last) if last else None}
 
     def modules(self) -> dict[str, nn.Module]:
         return {"network": self.network, "codec": self.codec}

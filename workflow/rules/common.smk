@@ -1,6 +1,7 @@
 # Shared set-up and helpers: config defaults, the data sets, resolutions and models the DAG covers,
 # where files go, and the shell commands the rules share (each written once, here).
 import json
+import re
 import shutil
 from shlex import quote as shlex_quote
 
@@ -35,8 +36,9 @@ except (ImportError, AttributeError):  # older Snakemake: leave the settings alo
     pass
 
 
+# Only the configured data sets: a target naming another one has no rule (one clear line).
 wildcard_constraints:
-    dataset="[A-Za-z0-9_-]+",
+    dataset="|".join(re.escape(d) for d in config["datasets"]),
     res="[0-9]+",
 
 
@@ -93,6 +95,15 @@ def model_config(model):
     """Run config file of a model: config `model_configs`, else config/models/<model>.yaml."""
     path = config.get("model_configs", {}).get(model)
     return str(path) if path else str(REPO / "config" / "models" / f"{model}.yaml")
+
+
+def check_model_configs():
+    """Every active model's run config must exist (else the DAG would silently use stale runs)."""
+    for model in active_models():
+        path = Path(model_config(model))
+        if not path.is_file():
+            key = f"model_configs.{model}" if model in config["model_configs"] else f"model {model}"
+            raise ValueError(f"{key}: run config {path} not found")
 
 
 def train_settings(model, stage=None):

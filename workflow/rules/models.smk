@@ -2,6 +2,7 @@
 # A model joins with its own rules/models/<name>.smk calling register_model("<name>"); a model
 # trained in stages (the 3D LDM) names them: each earlier stage S trains into .../{model}/S, the
 # last one into .../{model}/run, and `wdm-bench train --stage` derives each stage's run config.
+check_model_configs()
 
 
 rule train:
