@@ -46,7 +46,7 @@ RUN_CONFIGS = {
 #: Columns / keys that are measurements of time, memory or provenance, not results.
 IGNORED = {"train_s_per_iteration", "train_peak_memory_gb", "sample_s_per_volume",
            "sample_peak_memory_gb", "device", "code_version", "config_hash", "config",
-           "real_stats", "real_dir", "fake_dir"}
+           "real_stats", "real_dir", "fake_dir", "samples_provenance_key"}
 
 
 def run(out: Path) -> None:

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from wdm.io import InputError
+from wdm.io import InputError, read_csv
 
-__all__ = ["REFERENCE_COLUMNS", "METRICS", "COMPARE_COLUMNS", "load_reference", "compare_to_paper"]
+__all__ = ["REFERENCE_COLUMNS", "TABLE_COLUMNS", "METRICS", "COMPARE_COLUMNS", "load_reference", "load_table",
+           "compare_to_paper"]
 
 REFERENCE_COLUMNS: tuple[str, ...] = (
     "dataset", "resolution", "model", "paper_model", "metric", "value", "scale", "unit", "source",
@@ -43,24 +44,47 @@ COMPARE_COLUMNS: tuple[str, ...] = (
 )
 
 
+#: the columns of ``table1.csv`` that the comparison needs
+TABLE_COLUMNS: tuple[str, ...] = ("dataset", "resolution", "model")
+
+
 def load_reference(path: str | os.PathLike) -> pd.DataFrame:
     """Read and check ``paper_reference.csv`` (every column of :data:`REFERENCE_COLUMNS`)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    df = pd.read_csv(path, dtype={"dataset": str, "model": str, "metric": str}, keep_default_na=False,
-                     na_values={"value": [""], "scale": [""]})
-    missing = [c for c in REFERENCE_COLUMNS if c not in df.columns]
-    if missing:
-        raise InputError(f"{path}: missing columns {missing}")
+    df = read_csv(path, REFERENCE_COLUMNS, "paper reference CSV",
+                  dtype={"dataset": str, "model": str, "metric": str}, keep_default_na=False,
+                  na_values={"value": [""], "scale": [""]})
     unknown = sorted(set(df["metric"]) - set(METRICS))
     if unknown:
         raise InputError(f"{path}: unknown metrics {unknown}; allowed: {sorted(METRICS)}")
-    df["resolution"] = pd.to_numeric(df["resolution"], errors="raise").astype(int)
-    df["value"] = pd.to_numeric(df["value"], errors="raise")
-    df["scale"] = pd.to_numeric(df["scale"], errors="raise").fillna(1.0)
+    df["resolution"] = _numeric(path, df, "resolution", required=True).astype(int)
+    df["value"] = _numeric(path, df, "value")
+    df["scale"] = _numeric(path, df, "scale").fillna(1.0)
     df["verified"] = df["verified"].astype(str).str.lower().isin(["true", "1", "yes"])
     return df
+
+
+def load_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read ``table1.csv`` (``wdm-bench table``) for :func:`compare_to_paper`, checking its columns."""
+    path = Path(path)
+    df = read_csv(path, TABLE_COLUMNS, "table1.csv written by 'wdm-bench table'",
+                  dtype={"dataset": str, "model": str})
+    df["resolution"] = _numeric(path, df, "resolution", required=True)
+    return df
+
+
+def _numeric(path: Path, df: pd.DataFrame, column: str, required: bool = False) -> pd.Series:
+    """Column ``column`` as numbers; a cell that is not a number is an :class:`InputError`.
+
+    ``required``: an empty cell is an error too (else it becomes NaN).
+    """
+    values = pd.to_numeric(df[column], errors="coerce")
+    blank = df[column].isna() | (df[column].astype(str).str.strip() == "")
+    bad = df[column][values.isna() & (~blank | required)]
+    if len(bad):
+        raise InputError(f"{path}: column {column!r} holds {bad.iloc[0]!r} (row {bad.index[0] + 2}), "
+                         "expected a number")
+    return values
 
 
 def _ours(row: pd.Series, column: str) -> tuple[float, str]:

@@ -48,6 +48,7 @@ from eval.metrics import (
     pairwise_ms_ssim,
 )
 from wdm.config import EvaluationSettings
+from wdm.data.prepare import MANIFEST, read_manifest
 from wdm.io import (
     InputError,
     atomic_path,
@@ -60,7 +61,7 @@ from wdm.io import (
 from wdm.oom import STATUS_OK, STATUS_OOM, read_status
 
 __all__ = ["PROTOCOLS", "MEASURED_KEYS", "evaluate", "write_metrics", "real_statistics", "save_real_stats",
-           "load_real_stats"]
+           "load_real_stats", "real_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +83,32 @@ MEASURED_KEYS: tuple[str, ...] = (
 )
 
 
+def real_files(folder: str | os.PathLike) -> list[Path]:
+    """The real volumes of ``folder``, sorted by name.
+
+    When ``folder`` is a split of a prepared data folder (``folder/../manifest.csv`` lists files
+    ``<folder name>/...``), exactly the files the manifest lists for it: a stray file beside them
+    does not count and a listed file that is missing is an :class:`InputError` naming it.
+    Otherwise (a plain folder) every NIfTI volume in it (:func:`wdm.io.list_volumes`).
+    """
+    folder = Path(folder)
+    manifest = folder.parent / MANIFEST
+    if not folder.is_dir() or not manifest.is_file():
+        return list_volumes(folder)
+    listed = [row["file"] for row in read_manifest(folder.parent)
+              if Path(row["file"]).parent.name == folder.name and len(Path(row["file"]).parts) == 2]
+    if not listed:
+        return list_volumes(folder)
+    files = sorted((folder / Path(f).name for f in listed), key=lambda p: p.name)
+    for f in files:
+        if not f.is_file():
+            raise InputError(f"{f}: listed in {manifest} but missing, expected the prepared volume "
+                             "(re-run 'wdm-bench prepare')")
+    return files
+
+
 def _select(folder: str | os.PathLike, n: int | None, what: str) -> list[Path]:
-    files = list_volumes(folder)
+    files = real_files(folder) if what == "real" else list_volumes(folder)
     if n is not None:
         if n < 1:
             raise InputError(f"n_{what} must be >= 1, got {n}")
@@ -184,19 +209,57 @@ def save_real_stats(path: str | os.PathLike, stats: dict[str, Any]) -> None:
 
 
 def load_real_stats(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a file written by :func:`save_real_stats` (no pickle); errors name the file."""
+    """Read a file written by :func:`save_real_stats` (no pickle); errors name the file.
+
+    A missing, empty, truncated or foreign file (another ``.npz``, a text file), or one whose
+    fields do not fit together, is an :class:`InputError` saying what was expected.
+    """
+    path = Path(path)
+
+    def refuse(detail: str) -> InputError:
+        return InputError(f"{path}: not a real-feature statistics file written by "
+                          f"'wdm-bench real-stats' ({detail})")
+
+    if path.is_dir():
+        raise refuse("a folder")
+    if not path.is_file():
+        raise refuse("file not found")
+    if path.stat().st_size == 0:
+        raise refuse("empty file")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            out = {k: z[k] for k in ("features", "mu", "sigma")}
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, Mapping):
+            raise refuse(f"one {type(z).__name__}, not an .npz archive of fields")
+        with z:
+            missing = sorted({"features", "mu", "sigma", "meta"} - set(z.files))
+            if missing:
+                raise refuse(f"fields {missing} missing; it has {sorted(z.files)}")
+            out = {k: np.asarray(z[k], np.float64) for k in ("features", "mu", "sigma")}
             out["meta"] = json.loads(str(z["meta"]))
-    except (OSError, KeyError, ValueError) as exc:
-        raise InputError(f"{path}: not a real-feature statistics file written by "
-                         f"'wdm-bench real-stats' ({type(exc).__name__}: {exc})") from exc
-    f = out["features"]
-    if f.ndim != 2 or f.shape[0] != out["meta"].get("n_real"):
-        raise InputError(f"{path}: field 'features' has shape {f.shape}, expected "
-                         f"(n_real={out['meta'].get('n_real')}, F)")
+    except InputError:
+        raise
+    except Exception as exc:  # numpy raises many types for a damaged or foreign file
+        raise refuse(f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
+    _check_stats_fields(path, out)
     return out
+
+
+def _check_stats_fields(path: Path, stats: dict[str, Any]) -> None:
+    """Refuse statistics whose metadata or array shapes do not fit together."""
+    meta, f = stats["meta"], stats["features"]
+    if not isinstance(meta, dict) or not isinstance(meta.get("n_real"), int):
+        raise InputError(f"{path}: field 'meta' is not a mapping with an integer 'n_real', expected "
+                         "the metadata that 'wdm-bench real-stats' writes")
+    if f.ndim != 2 or f.shape[0] != meta["n_real"] or f.shape[0] < 2:
+        raise InputError(f"{path}: field 'features' has shape {f.shape}, expected "
+                         f"(n_real={meta['n_real']} >= 2, F)")
+    n_feat = f.shape[1]
+    if stats["mu"].shape != (n_feat,) or stats["sigma"].shape != (n_feat, n_feat):
+        raise InputError(f"{path}: fields 'mu' {stats['mu'].shape} and 'sigma' {stats['sigma'].shape} "
+                         f"do not match 'features' {f.shape}, expected ({n_feat},) and "
+                         f"({n_feat}, {n_feat})")
+    if not np.isfinite(f).all():
+        raise InputError(f"{path}: field 'features' holds NaN/Inf, expected finite features")
 
 
 def _check_cache(path: str | os.PathLike, cache: dict[str, Any], ext: _Extractor,
@@ -206,20 +269,22 @@ def _check_cache(path: str | os.PathLike, cache: dict[str, Any], ext: _Extractor
         if meta.get(key) != want:
             raise InputError(f"{path}: field {key!r} is {meta.get(key)!r}, but this evaluation "
                              f"uses {want!r}; recompute it with 'wdm-bench real-stats'")
-    if tuple(meta.get("shape", ())) != shape:
+    cached_shape = meta.get("shape")
+    if not isinstance(cached_shape, list) or tuple(cached_shape) != shape:
         raise InputError(f"{path}: field 'shape' is {meta.get('shape')}, but the generated "
                          f"volumes are {list(shape)}")
     if n_real is not None and meta["n_real"] != n_real:
         raise InputError(f"{path}: field 'n_real' is {meta['n_real']}, but n_real={n_real}")
 
 
-def _sample_seed(fake_dir: str | os.PathLike) -> int | None:
+def _sample_profile_field(fake_dir: str | os.PathLike, key: str) -> Any:
+    """A field of ``FAKE/sample_profile.json`` (None without the file or the field)."""
     prof = Path(fake_dir) / "sample_profile.json"
     if not prof.is_file():
         return None
     try:
-        return json.loads(prof.read_text()).get("seed")
-    except (json.JSONDecodeError, AttributeError):
+        return json.loads(prof.read_text()).get(key)
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
         return None
 
 
@@ -250,6 +315,9 @@ def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike,
     if real_dir is None and real_stats is None:
         raise InputError("give real_dir or real_stats")
     _check_protocol(settings.protocol)
+    if settings.n_bootstrap == 1:  # before any work: a percentile interval needs 2 resamples
+        raise InputError("evaluation n_bootstrap is 1 (--n-bootstrap or the settings file), expected "
+                         "0 (no intervals) or an integer >= 2")
     oom = _oom_result(real_dir, fake_dir, settings, real_stats)
     if oom is not None:
         return oom
@@ -265,7 +333,7 @@ def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike,
                 scores["fid"], ci["fid_ci_low"], ci["fid_ci_high"], ext.label, settings.protocol,
                 scores["mmd"]["mmd2"], scores["diversity"]["mean"], scores["diversity"]["n_pairs"])
     return _result(scores, ci, ext, real_meta, len(fake_files), shape,
-                   _provenance(settings, real_stats, fake_dir, _sample_seed(fake_dir),
+                   _provenance(settings, real_stats, fake_dir, _sample_profile_field(fake_dir, "seed"),
                                real_dir=real_meta.get("real_dir")))
 
 
@@ -398,6 +466,8 @@ def _provenance(settings: EvaluationSettings, real_stats: str | os.PathLike | No
         "real_dir": real_dir,
         "real_stats": str(real_stats) if real_stats is not None else None,
         "fake_dir": str(fake_dir),
+        # the sample set scored (wdm.sample's provenance key): the table refuses a mismatch
+        "samples_provenance_key": _sample_profile_field(fake_dir, "provenance_key"),
         "code_version": code_version(),
     }
 

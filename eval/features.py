@@ -416,6 +416,10 @@ def resolve_weights(spec: str | os.PathLike | None, *, depth: int = 50,
         known = stem in MEDICALNET_WEIGHTS
         label = _manifest_label(stem) if known else f"resnet{depth}-file:{stem}"
         return Path(s), label
+    if not mode and (Path(s).is_dir() or "/" in s or s.endswith((".pth", ".pt"))):
+        what = "is a folder" if Path(s).is_dir() else "file not found"
+        raise InputError(f"{s}: weights {what}, expected a MedicalNet checkpoint file (.pth), a "
+                         "name such as resnet_50_23dataset, hub:NAME, auto:NAME or none")
     _check_name(name)
     for cand in _local_candidates(name):
         if cand.is_file():

@@ -13,7 +13,6 @@ pandas/numpy objects that the tests check by hand; the two plotting functions on
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wdm.io import InputError, atomic_path
+from wdm.io import InputError, atomic_path, read_csv, read_json
 
 __all__ = [
     "FID_STEPS_COLUMNS",
@@ -52,12 +51,9 @@ def read_loss_csv(path: str | os.PathLike) -> pd.DataFrame:
     An empty log (header only) gives an empty DataFrame.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{path}: file not found")
-    try:
-        df = pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{path}: empty file (no header)") from None
+    df = read_csv(path, (), "loss log (loss.csv written by 'wdm-bench train')")
     if "step" not in df.columns:
         raise InputError(f"{path}: no 'step' column (columns: {list(df.columns)})")
     if not loss_columns(df):
@@ -114,20 +110,24 @@ def loss_figure(runs: Mapping[str, str | os.PathLike], out: str | os.PathLike, *
     """One panel per model (``name -> run folder`` holding ``loss.csv``): every loss, raw + smoothed.
 
     Raw values are drawn faint, the :func:`smooth` ed curve solid in the same colour; the y axis is
-    logarithmic when every value is positive. A run without a usable ``loss.csv`` (e.g. training
-    ran out of memory) gets an empty panel saying so instead of failing the figure.
+    logarithmic when every value is positive. A run folder without ``loss.csv`` or with an empty
+    one (e.g. training ran out of memory) gets an empty panel saying so instead of failing the
+    figure; a damaged ``loss.csv`` is an :class:`InputError`.
     """
-    plt = _plt()
     if not runs:
         raise InputError("no runs given for the loss figure")
+    if not 0.0 <= smoothing < 1.0:
+        raise InputError(f"smoothing weight must be in [0, 1), got {smoothing}")
+    plt = _plt()
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.4), squeeze=False)
     for ax, (name, run) in zip(axes[0], runs.items(), strict=True):
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step")
-        try:
-            df = read_loss_csv(Path(run) / "loss.csv")
-        except InputError as exc:
-            log.warning("%s: %s", name, exc)
+        log_file = Path(run) / "loss.csv"
+        if log_file.exists():
+            df = read_loss_csv(log_file)  # a damaged log is an error, not an empty panel
+        else:
+            log.warning("%s: %s: no training log (training ran out of memory?)", name, log_file)
             df = None
         if df is None or df.empty:
             ax.text(0.5, 0.5, "no training log\n(see train_profile.json)", ha="center",
@@ -153,15 +153,10 @@ def loss_figure(runs: Mapping[str, str | os.PathLike], out: str | os.PathLike, *
     return _save(fig, out)
 
 
-def _read_json(path: Path, required: bool = True) -> dict:
-    if not path.is_file():
-        if required:
-            raise InputError(f"{path}: file not found")
+def _read_json(path: Path, what: str, required: bool = True) -> dict:
+    if not path.exists() and not required:
         return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from exc
+    return read_json(path, what)
 
 
 def _num(v: object) -> float:
@@ -188,8 +183,9 @@ def collect_fid_vs_steps(metrics_files: Iterable[str | os.PathLike]) -> pd.DataF
         sampler, _, steps = parts[-2].rpartition("_")
         if not steps.isdigit():
             raise InputError(f"{path}: folder {parts[-2]!r} is not SAMPLER_STEPS")
-        m = _read_json(path)
-        sp = _read_json(path.parent / "sample_profile.json", required=False)
+        m = _read_json(path, "metrics JSON written by 'wdm-bench evaluate'")
+        sp = _read_json(path.parent / "sample_profile.json", "sample profile written by 'wdm-bench sample'",
+                        required=False)
         if sp.get("sampler") == "one forward pass":
             raise InputError(f"{path}: model {parts[-4]!r} samples in one forward pass; "
                              "it has no sampling steps to sweep")

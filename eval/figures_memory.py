@@ -10,13 +10,12 @@ child process's peak RSS on CPU (interpreter and libraries included, about 0.3 G
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from wdm.io import atomic_path
+from wdm.io import InputError, atomic_path, read_json
 
 __all__ = ["CSV_COLUMNS", "series_label", "load_profiles", "profile_rows", "write_memory_csv",
            "memory_figure"]
@@ -27,6 +26,7 @@ CSV_COLUMNS = ("model", "stage", "label", "mode", "resolution", "batch_size", "s
                "device", "error", "note")
 _MODES = ("train", "sample")
 _TITLES = {"train": "training step", "sample": "sampling"}
+_WHAT = "probe JSON written by 'wdm-bench profile'"
 
 
 def series_label(row: dict[str, Any]) -> str:
@@ -43,8 +43,41 @@ def series_label(row: dict[str, Any]) -> str:
 
 
 def load_profiles(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
-    """The probe JSON files, parsed."""
-    return [json.loads(Path(p).read_text()) for p in paths]
+    """The probe JSON files (``wdm-bench profile``), parsed and checked.
+
+    A missing, non-JSON or foreign file (no ``model``, a ``mode`` other than train/sample, a
+    ``resolution`` that is not a positive integer, a ``peak_memory_gb`` that is not a number) is an
+    :class:`~wdm.io.InputError` naming it.
+    """
+    return [_check_profile(Path(p), read_json(p, _WHAT)) for p in paths]
+
+
+def _check_profile(path: Path, prof: dict[str, Any]) -> dict[str, Any]:
+    """``prof`` if it has what :func:`profile_rows` and :func:`memory_figure` read."""
+    def bad(field: str, want: str) -> InputError:
+        return InputError(f"{path}: field {field!r} is {prof.get(field)!r}, expected {want} "
+                          f"(a {_WHAT})")
+
+    if not isinstance(prof.get("model"), str) or not prof["model"]:
+        raise bad("model", "a model name")
+    if prof.get("mode") not in _MODES:
+        raise bad("mode", "'train' or 'sample'")
+    res = prof.get("resolution")
+    if not isinstance(res, int) or isinstance(res, bool) or res < 1:
+        raise bad("resolution", "a positive integer")
+    if not isinstance(prof.get("status"), str):
+        raise bad("status", "a status string such as 'ok' or 'oom'")
+    peak = prof.get("peak_memory_gb")
+    if peak is not None and (not isinstance(peak, (int, float)) or isinstance(peak, bool) or peak < 0):
+        raise bad("peak_memory_gb", "a number >= 0 or null")
+    opts = prof.get("options") or {}
+    if not isinstance(opts, dict):
+        raise bad("options", "a mapping or null")
+    limit = opts.get("memory_limit_gb")
+    if limit is not None and (not isinstance(limit, (int, float)) or isinstance(limit, bool)):
+        raise InputError(f"{path}: field 'options.memory_limit_gb' is {limit!r}, expected a number "
+                         f"or null (a {_WHAT})")
+    return prof
 
 
 def profile_rows(profiles: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

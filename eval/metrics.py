@@ -63,7 +63,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
     ``tr((Σ1 Σ2)^{1/2}) = Σ_i sqrt(λ_i(S Σ2 S))``, eigenvalues below the rounding tolerance of
     ``matrix_rank`` counted as 0. This is exact for singular
     (rank-deficient, N < F) covariances too, needs no diagonal offset and is ~6× faster than
-    ``scipy.linalg.sqrtm`` at F = 2048. Shapes: mu (F,), sigma (F, F).
+    ``scipy.linalg.sqrtm`` at F = 2048. Shapes: mu (F,), sigma (F, F). The result is clamped
+    at 0: it is a squared distance, and rounding can push it just below 0 for equal inputs.
     """
     mu1 = np.atleast_1d(np.asarray(mu1, np.float64))
     mu2 = np.atleast_1d(np.asarray(mu2, np.float64))
@@ -78,7 +79,18 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
     lam = np.linalg.eigvalsh((m + m.T) / 2)
     tr_covmean = float(np.sqrt(_clip_eigenvalues(lam)).sum())
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+    return _nonnegative(float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean))
+
+
+def _nonnegative(d2: float) -> float:
+    """A squared distance, clamped at 0.
+
+    ``d²`` is a sum of large terms that cancel for (nearly) equal distributions, so float64
+    rounding can leave it a few ulps below 0 (e.g. ``-1e-13`` for two identical feature sets).
+    A squared distance is never negative: report 0 instead of a negative FID, whose bootstrap
+    interval would not contain it.
+    """
+    return max(d2, 0.0)
 
 
 def feature_statistics(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -410,8 +422,8 @@ def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     lam = np.linalg.eigvalsh(m @ m.T)
     tr_covmean = float(np.sqrt(_clip_eigenvalues(lam)).sum())
     diff = mu_a - mu_b
-    return float(diff @ diff + (ca * ca).sum() / (na - 1) + (cb * cb).sum() / (nb - 1)
-                 - 2.0 * tr_covmean)
+    return _nonnegative(float(diff @ diff + (ca * ca).sum() / (na - 1) + (cb * cb).sum() / (nb - 1)
+                              - 2.0 * tr_covmean))
 
 
 def _percentile_ci(samples: np.ndarray, level: float) -> tuple[float, float]:
@@ -427,7 +439,10 @@ def fid_bootstrap_ci(feats_a: np.ndarray, feats_b: np.ndarray, *, n_bootstrap: i
 
     Features (N_a, F) and (N_b, F); ``n_bootstrap`` resamples drawn with
     ``numpy.random.default_rng(seed)`` (Efron & Tibshirani 1993, percentile method). Each
-    resample's FID via :func:`fid_from_features`.
+    resample's FID via :func:`fid_from_features`, clamped at 0 like the point estimate. Resampling
+    with replacement repeats volumes, which raises the FID of a resample, so for (nearly) identical
+    sets the interval can lie above the point estimate of 0: a known bias of the percentile
+    bootstrap of FID, not a rounding error.
     """
     if n_bootstrap < 2:
         raise ValueError(f"n_bootstrap must be >= 2, got {n_bootstrap}")

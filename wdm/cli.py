@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from wdm.cli_checks import OneLineParser, at_least, n_fake, unit_interval_open
+
 if TYPE_CHECKING:
     from wdm.config import EvaluationSettings
 
@@ -25,20 +27,29 @@ log = logging.getLogger("wdm")
 
 
 def _cmd_prepare(a: argparse.Namespace) -> None:
-    from wdm.data.prepare import prepare
+    from wdm.data.prepare import check_out_folder, prepare
 
+    check_out_folder(Path(a.out), source=a.source if a.dataset != "phantom-brain" else None,
+                     overwrite=a.overwrite)
     prepare(a.dataset, a.out, source=a.source, size=a.size, seed=a.seed, n_train=a.n_train,
             n_test=a.n_test, overwrite=a.overwrite, modality=a.modality, strict=a.strict,
             threads=a.threads, progress=not a.no_progress)
 
 
 def _cmd_train(a: argparse.Namespace) -> None:
+    from wdm.cli_checks import check_run_out, name_source
+    from wdm.io import InputError
     from wdm.train import train
 
+    check_run_out(a.out, data=a.data)
     # under torchrun the job's threads are shared by the processes on this machine
     procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     _set_threads(max(1, a.threads // procs) if a.threads else None)
-    prof = train(a.config, a.data, a.out, resume=a.resume, stage=a.stage, progress=not a.no_progress)
+    try:
+        prof = train(a.config, a.data, a.out, resume=a.resume, stage=a.stage,
+                     progress=not a.no_progress)
+    except InputError as exc:  # a config value's error raised without the file: name the config
+        raise name_source(exc, a.config, (a.config, a.data, a.out), ("do not suit model",)) from None
     if prof.get("status") == "oom":  # recorded in train_profile.json; the workflow goes on
         print(f"wdm-bench train: out of memory (recorded as OOM in {Path(a.out) / 'train_profile.json'}): "
               f"{prof['error']}", file=sys.stderr)
@@ -47,11 +58,23 @@ def _cmd_train(a: argparse.Namespace) -> None:
 
 
 def _cmd_sample(a: argparse.Namespace) -> None:
+    from wdm.cli_checks import check_device, check_run_out
+    from wdm.io import InputError
     from wdm.sample import sample
 
+    if Path(a.run).is_file():
+        raise InputError(f"{a.run}: --run is a file, expected a run folder written by 'wdm-bench train'")
+    check_run_out(a.out, data=None)
+    check_device(a.device)
     _set_threads(a.threads)
-    sample(a.run, a.n, a.seed, a.out, sampler=a.sampler, steps=a.steps, batch_size=a.batch_size,
-           device=a.device, progress=not a.no_progress)
+    try:
+        sample(a.run, a.n, a.seed, a.out, sampler=a.sampler, steps=a.steps, batch_size=a.batch_size,
+               device=a.device, progress=not a.no_progress)
+    except InputError as exc:
+        if a.device is None and str(exc).startswith("device 'cuda'"):
+            raise InputError(f"{a.run}: sampling.device of the run's config: {exc}; pass --device cpu "
+                             "to sample on the CPU") from None
+        raise
 
 
 #: evaluation settings that command-line flags may override (argparse dest = settings field).
@@ -67,12 +90,23 @@ def _settings(a: argparse.Namespace) -> EvaluationSettings:
         **{field: getattr(a, field, None) for field in _OVERRIDES})
 
 
+def _extractor_inputs(a: argparse.Namespace) -> tuple[str | None, ...]:
+    """The files evaluate / real-stats read besides the volumes (``--out`` may be none of them)."""
+    weights = a.weights if a.weights and Path(a.weights).is_file() else None
+    return a.config, getattr(a, "real_stats", None), weights
+
+
 def _cmd_evaluate(a: argparse.Namespace) -> None:
     from eval.evaluate import evaluate, write_metrics
+    from wdm.cli_checks import check_device, check_not_a_volume_of
+    from wdm.io import InputError, check_output
 
     _set_threads(a.threads)
     if a.real is None and a.real_stats is None:
-        raise ValueError("give --real DIR or --real-stats FILE")
+        raise InputError("give --real DIR or --real-stats FILE")
+    check_output(a.out, inputs=_extractor_inputs(a))
+    check_not_a_volume_of(a.out, (a.real, a.fake))
+    a.device = check_device(a.device)
     settings = _settings(a)
     n_fake = {"all": None, "config": settings.n_samples}.get(a.n_fake, a.n_fake)
     result = evaluate(a.real, a.fake, settings, n_fake=n_fake, real_stats=a.real_stats,
@@ -82,8 +116,13 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
 
 def _cmd_real_stats(a: argparse.Namespace) -> None:
     from eval.evaluate import real_statistics, save_real_stats
+    from wdm.cli_checks import check_device, check_not_a_volume_of
+    from wdm.io import check_output
 
     _set_threads(a.threads)
+    check_output(a.out, inputs=_extractor_inputs(a))
+    check_not_a_volume_of(a.out, (a.real,))
+    a.device = check_device(a.device)
     stats = real_statistics(a.real, _settings(a), device=a.device)
     save_real_stats(a.out, stats)
     log.info("wrote %s (%d real volumes, %d features)", a.out, *stats["features"].shape)
@@ -93,8 +132,9 @@ def _cmd_settings(a: argparse.Namespace) -> None:
     import json
 
     from wdm.config import EvaluationSettings, dump_yaml
-    from wdm.io import InputError, write_text_atomic
+    from wdm.io import InputError, check_output, write_text_atomic
 
+    check_output(a.out)
     try:
         raw = json.loads(a.json)
     except json.JSONDecodeError as exc:
@@ -108,8 +148,10 @@ def _cmd_settings(a: argparse.Namespace) -> None:
 
 def _cmd_table(a: argparse.Namespace) -> None:
     from eval.tables import build_table, write_table
+    from wdm.io import check_output
 
     files = list(a.metrics) if a.metrics else sorted(Path(a.results).glob("*/*/*/metrics.json"))
+    check_output(a.out, inputs=tuple(files))
     df = build_table(files)
     write_table(df, a.out)
     n_oom = int((df["status"] == "oom").sum())
@@ -118,58 +160,72 @@ def _cmd_table(a: argparse.Namespace) -> None:
 
 def _cmd_figure(a: argparse.Namespace) -> None:
     from eval.figures import sample_grid
+    from wdm.io import check_output
 
-    sources: dict[str, str] = {"real": a.real}
-    for item in a.fake:
-        name, sep, folder = item.partition("=")
-        if not sep:
-            raise ValueError(f"--fake expects MODEL=DIR, got {item!r}")
-        sources[name] = folder
+    check_output(a.out)
+    sources: dict[str, str] = {"real": a.real, **_pairs(a.fake, "--fake")}
     sample_grid(sources, a.out, n=a.n, title=a.title)
 
 
 def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
-    """``NAME=VALUE`` arguments as a dict (a ValueError names the flag on a malformed item)."""
-    out = {}
+    """``NAME=VALUE`` arguments as a dict (an InputError names the flag on a malformed item)."""
+    from wdm.io import InputError
+
+    out: dict[str, str] = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise ValueError(f"{flag} expects NAME=VALUE, got {item!r}")
+        if not sep or not name or not value:
+            raise InputError(f"{flag} {item!r}: expected NAME=VALUE")
+        if name in out:
+            raise InputError(f"{flag} {item!r}: name {name!r} given twice, expected each once")
         out[name] = value
     return out
 
 
 def _cmd_curves(a: argparse.Namespace) -> None:
     from eval import figures_curves as fc
+    from wdm.cli_checks import existing_folder
+    from wdm.io import atomic_path, check_output
 
     if a.kind == "loss":
-        fc.loss_figure(_pairs(a.run, "--run"), a.out, smoothing=a.smoothing, title=a.title)
+        runs = _pairs(a.run, "--run")
+        check_output(a.out, inputs=tuple(Path(r) / "loss.csv" for r in runs.values()))
+        for name, run in runs.items():
+            existing_folder(run, f"--run {name}")
+        fc.loss_figure(runs, a.out, smoothing=a.smoothing, title=a.title)
         return
+    check_output(a.out, inputs=(*a.metrics, a.csv))
+    if a.csv:
+        check_output(a.csv, "--csv", inputs=tuple(a.metrics))
     df = fc.collect_fid_vs_steps(a.metrics)
     if a.csv:
-        from wdm.io import atomic_path
-
         with atomic_path(a.csv) as tmp:
             df.to_csv(tmp, index=False, float_format="%.6g")
     fc.fid_vs_steps_figure(df, a.out, title=a.title)
 
 
 def _cmd_compare(a: argparse.Namespace) -> None:
-    import pandas as pd
+    from eval.compare import compare_to_paper, load_reference, load_table
+    from wdm.io import atomic_path, check_output
 
-    from eval.compare import compare_to_paper, load_reference
-    from wdm.io import atomic_path
-
-    table = pd.read_csv(a.table, dtype={"dataset": str, "model": str})
-    df = compare_to_paper(table, load_reference(a.reference), _pairs(a.paper_dataset, "--paper-dataset"))
+    paper_datasets = _pairs(a.paper_dataset, "--paper-dataset")
+    check_output(a.out, inputs=(a.table, a.reference))
+    df = compare_to_paper(load_table(a.table), load_reference(a.reference), paper_datasets)
     with atomic_path(a.out) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
     log.info("wrote %s (%d rows)", a.out, len(df))
 
 
 def _cmd_convert_checkpoint(a: argparse.Namespace) -> None:
+    from wdm.cli_checks import check_run_out
     from wdm.convert import write_converted_run
+    from wdm.io import InputError
 
+    src = Path(a.src)
+    if not src.is_file():
+        raise InputError(f"{src}: --src {'is a folder' if src.is_dir() else 'not found'}, expected the "
+                         "upstream checkpoint file (.pt)")
+    check_run_out(a.out, data=a.data)
     affine = None
     if a.data:  # the affine (and side) of a prepared data folder's training volumes
         from wdm.data.prepare import split_files
@@ -182,14 +238,25 @@ def _cmd_convert_checkpoint(a: argparse.Namespace) -> None:
 
 
 def _cmd_profile(a: argparse.Namespace) -> None:
+    from wdm.cli_checks import check_device
+    from wdm.io import InputError, check_output
     from wdm.probe import run_cli
 
+    check_output(a.out, inputs=(a.config,))
+    for flag, value in (("--resolution", a.resolution), ("--batch-size", a.batch_size),
+                        ("--repeats", a.repeats), ("--sample-steps", a.sample_steps)):
+        if value < 1:
+            raise InputError(f"{flag} {value}: expected an integer >= 1")
+    check_device(a.device)
     run_cli(a)  # an isolated child process; writes --out; raises only for a non-memory failure
 
 
 def _cmd_memory_figure(a: argparse.Namespace) -> None:
     from eval.figures_memory import load_profiles, memory_figure, profile_rows, write_memory_csv
+    from wdm.io import check_output
 
+    check_output(a.csv, "--csv", inputs=(*a.profiles, a.out))
+    check_output(a.out, inputs=tuple(a.profiles))
     rows = profile_rows(load_profiles(a.profiles))
     write_memory_csv(rows, a.csv)
     memory_figure(rows, a.out, memory_limit_gb=a.memory_limit_gb)
@@ -208,17 +275,17 @@ def _args_prepare(s: argparse.ArgumentParser) -> None:
     s.add_argument("--dataset", required=True, help="data set name, e.g. phantom-brain")
     s.add_argument("--out", required=True, help="output data folder")
     s.add_argument("--source", default=None, help="folder of the raw data (real data sets)")
-    s.add_argument("--size", type=int, default=32, help="cube side of the output volumes")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=at_least(1), default=32, help="cube side of the output volumes")
+    s.add_argument("--seed", type=at_least(0), default=0)
     s.add_argument("--n-train", type=int, default=None,
                    help="phantom-brain: volumes (default 40); brats/lidc: cap on training cases "
                         "(default: every case not in the test set)")
-    s.add_argument("--n-test", type=int, default=20, help="volumes / cases held out for testing")
+    s.add_argument("--n-test", type=at_least(0), default=20, help="volumes / cases held out for testing")
     s.add_argument("--modality", default=None, choices=["t1n", "t1c", "t2w", "t2f"],
                    help="BraTS scan (default t1n, as in the paper)")
     s.add_argument("--strict", action="store_true",
                    help="turn every excluded case (excluded.csv) into an error")
-    s.add_argument("--threads", type=int, default=1, help="cases processed in parallel")
+    s.add_argument("--threads", type=at_least(1), default=1, help="cases processed in parallel")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
@@ -230,20 +297,20 @@ def _args_train(s: argparse.ArgumentParser) -> None:
     s.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     s.add_argument("--stage", default=None,
                    help="training stage of a staged model (ldm: vqgan, diffusion); default: the config's")
-    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.add_argument("--threads", type=at_least(1), default=None, help="torch CPU threads")
     s.add_argument("--no-progress", action="store_true")
 
 
 def _args_sample(s: argparse.ArgumentParser) -> None:
     s.add_argument("--run", required=True, help="run folder written by train")
     s.add_argument("--n", type=int, required=True, help="number of volumes")
-    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--seed", type=at_least(0), required=True)
     s.add_argument("--out", required=True, help="output folder for sample_*.nii.gz")
     s.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
     s.add_argument("--steps", type=int, default=None, help="sampling steps")
     s.add_argument("--batch-size", type=int, default=None)
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
-    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--threads", type=at_least(1), default=None)
     s.add_argument("--no-progress", action="store_true")
 
 
@@ -263,21 +330,9 @@ def _args_extractor(s: argparse.ArgumentParser) -> None:
     s.add_argument("--n-real", type=int, default=None, help="use the first N real volumes")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--batch-size", type=int, default=None, help="feature extraction batch size")
-    s.add_argument("--device", default="cpu", help="torch device for feature extraction")
-    s.add_argument("--threads", type=int, default=None)
-
-
-def _n_fake(text: str) -> int | str:
-    """``--n-fake``: a count N >= 1, ``all`` (every volume) or ``config`` (evaluation.n_samples)."""
-    if text in ("all", "config"):
-        return text
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a count N >= 1, 'all' or 'config', got {text!r}")
-    return n
+    s.add_argument("--device", default="cpu", help="torch device for feature extraction (cpu, cuda, "
+                   "cuda:N, auto)")
+    s.add_argument("--threads", type=at_least(1), default=None)
 
 
 def _args_evaluate(s: argparse.ArgumentParser) -> None:
@@ -287,7 +342,7 @@ def _args_evaluate(s: argparse.ArgumentParser) -> None:
     s.add_argument("--fake", required=True, help="folder of generated volumes")
     s.add_argument("--out", required=True, help="metrics JSON file")
     _args_extractor(s)
-    s.add_argument("--n-fake", type=_n_fake, default="all", metavar="{N,all,config}",
+    s.add_argument("--n-fake", type=n_fake, default="all", metavar="{N,all,config}",
                    help="require and use the first N fakes; all: every volume in --fake "
                         "(default); config: evaluation.n_samples of the settings")
     s.add_argument("--kernel-size", type=int, default=None, help="MS-SSIM Gaussian window")
@@ -321,7 +376,7 @@ def _args_figure(s: argparse.ArgumentParser) -> None:
     s.add_argument("--real", required=True, help="folder of real volumes")
     s.add_argument("--fake", nargs="*", default=[], help="MODEL=DIR pairs")
     s.add_argument("--out", required=True, help="PNG file")
-    s.add_argument("--n", type=int, default=3, help="volumes per source")
+    s.add_argument("--n", type=at_least(1), default=3, help="volumes per source")
     s.add_argument("--title", default=None)
 
 
@@ -331,7 +386,7 @@ def _args_curves(s: argparse.ArgumentParser) -> None:
     s.add_argument("--metrics", nargs="*", default=[],
                    help="fid-steps: .../MODEL/steps/SAMPLER_STEPS/metrics.json files")
     s.add_argument("--csv", default=None, help="fid-steps: also write the collected points here")
-    s.add_argument("--smoothing", type=float, default=0.9, help="loss: EMA weight in [0, 1)")
+    s.add_argument("--smoothing", type=unit_interval_open, default=0.9, help="loss: EMA weight in [0, 1)")
     s.add_argument("--out", required=True, help="PNG file")
     s.add_argument("--title", default=None)
 
@@ -402,7 +457,7 @@ COMMANDS: tuple[Command, ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and documentation): one sub-parser per :data:`COMMANDS`."""
-    p = argparse.ArgumentParser(prog="wdm-bench", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="wdm-bench", description=__doc__.split("\n")[0])
     p.add_argument("--log-level", default=os.environ.get("WDM_LOG_LEVEL", "INFO"),
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -428,6 +483,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("traceback", exc_info=True)
         msg = " ".join(str(exc).split())
         print(f"wdm-bench {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug, not bad input: still one line, the traceback at DEBUG
+        log.debug("traceback", exc_info=True)
+        msg = " ".join(f"{type(exc).__name__}: {exc}".split())
+        print(f"wdm-bench {args.command}: error: internal error ({msg}); run with --log-level DEBUG "
+              "for the traceback", file=sys.stderr)
         return 1
     return 0
 

@@ -22,7 +22,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from wdm.io import InputError
+from wdm.io import InputError, read_text
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ __all__ = [
     "load_evaluation_settings",
     "config_hash",
     "dump_yaml",
+    "parse_yaml",
 ]
 
 SCHEMA_PATH = Path(__file__).with_name("schema") / "config.schema.yaml"
@@ -49,8 +50,7 @@ FRAGMENT_NAME = "config.schema.yaml"
 @lru_cache(maxsize=1)
 def load_schema() -> dict:
     """The parsed JSON schema (a dict), without any model's fragment."""
-    with open(SCHEMA_PATH) as f:
-        return yaml.safe_load(f)
+    return parse_yaml(SCHEMA_PATH.read_text(), source=str(SCHEMA_PATH))
 
 
 @cache
@@ -71,10 +71,7 @@ def model_schema_fragment(model: str) -> dict | None:
     for folder in spec.submodule_search_locations:
         path = Path(folder) / FRAGMENT_NAME
         if path.is_file():
-            try:
-                return yaml.safe_load(path.read_text())
-            except yaml.YAMLError as exc:
-                raise InputError(f"{path}: not valid YAML ({exc})") from exc
+            return parse_yaml(path.read_text(), source=str(path))
     return None
 
 
@@ -143,15 +140,76 @@ def validate(instance: dict, *, definition: str | None = None, source: str = "co
     return inst
 
 
-def _read_yaml(path: str | os.PathLike) -> object:
-    """Parse a YAML file; a missing file or bad YAML is an :class:`InputError` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: config file not found")
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping that names one key twice (PyYAML would keep the last value silently)."""
+
+    def __init__(self, key: object, first: int, second: int) -> None:
+        super().__init__(f"duplicate key {key!r} (lines {first} and {second})")
+        self.key, self.first, self.second = key, first, second
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that reads floats as YAML 1.2 does and refuses duplicate keys.
+
+    PyYAML implements YAML 1.1, whose float pattern needs a dot and a signed exponent, so
+    ``lr: 1e-4`` would be the *string* ``"1e-4"``; the resolver added below makes it the float
+    0.0001, as YAML 1.2 (and every JSON reader) does.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` keys may be overridden on purpose
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+)$""", re.X),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str, source: str = "YAML") -> object:
+    """Parse YAML text with :class:`_ConfigLoader`; errors are an :class:`InputError` naming ``source``."""
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise InputError(f"{source}: duplicate key {exc.key!r} at lines {exc.first} and "
+                         f"{exc.second}, expected each key once per mapping") from None
     except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({exc})") from exc
+        raise InputError(f"{source}: not valid YAML ({' '.join(str(exc).split())})") from None
+
+
+def _read_yaml(path: str | os.PathLike) -> dict:
+    """Parse a YAML config file into a mapping.
+
+    A missing file, a folder, bytes that are not UTF-8, bad YAML, a duplicate key, an empty file
+    (or one holding only ``null``) and a top level that is not a mapping (``[]``, ``0``,
+    ``false``) are each an :class:`InputError` naming the file: none of them may silently become
+    a run with every default.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a YAML config file")
+    if not path.exists():
+        raise InputError(f"{path}: config file not found")
+    raw = parse_yaml(read_text(path, "YAML config file"), source=str(path))
+    if raw is None:
+        raise InputError(f"{path}: empty config (no settings), expected a mapping of settings")
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping at the top level, got "
+                         f"{type(raw).__name__} {raw!r:.40}")
+    return raw
 
 
 def load_run_config(path: str | os.PathLike) -> dict:
@@ -226,8 +284,6 @@ def load_evaluation_settings(path: str | os.PathLike | None) -> EvaluationSettin
     if path is None:
         return EvaluationSettings.from_mapping(None)
     raw = _read_yaml(path)
-    if not isinstance(raw, dict):
-        raise InputError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     return EvaluationSettings.from_mapping(raw.get("evaluation"), source=f"{path}: evaluation")
 
 

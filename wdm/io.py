@@ -28,6 +28,11 @@ __all__ = [
     "load_nifti",
     "load_prepared_volume",
     "list_volumes",
+    "read_text",
+    "read_json",
+    "read_csv",
+    "check_output",
+    "check_writable",
     "code_version",
 ]
 
@@ -137,7 +142,24 @@ def load_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"{path}: expected a 3D volume, got shape {data.shape}")
     if not np.isfinite(data).all():
         raise InputError(f"{path}: volume holds {int((~np.isfinite(data)).sum())} NaN/Inf voxels")
-    return data, np.asarray(img.affine, dtype=np.float64)
+    return data, _checked_affine(path, img.affine)
+
+
+def _checked_affine(path: Path, affine: object) -> np.ndarray:
+    """The 4×4 voxel-to-world matrix of ``path``: finite, its 3×3 part invertible (float64).
+
+    A singular or non-finite affine would pass training (which reads only the voxels) and break
+    every later step that maps voxels to space (sampling writes the data set's affine).
+    """
+    aff = np.asarray(affine, dtype=np.float64)
+    if aff.shape != (4, 4) or not np.isfinite(aff).all():
+        raise InputError(f"{path}: affine (voxel-to-world matrix) holds NaN/Inf or is not 4x4, "
+                         "expected a finite 4x4 matrix")
+    rank = int(np.linalg.matrix_rank(aff[:3, :3]))
+    if rank < 3:
+        raise InputError(f"{path}: singular affine (its 3x3 part has rank {rank}), expected an "
+                         "invertible voxel-to-world matrix (non-zero voxel sizes)")
+    return aff
 
 
 def load_prepared_volume(path: str | os.PathLike, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -173,6 +195,98 @@ def list_volumes(folder: str | os.PathLike) -> list[Path]:
     if not files:
         raise InputError(f"{folder}: no NIfTI volumes (*.nii.gz) found")
     return files
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The text of a UTF-8 file; a missing file, a folder or other bytes are an :class:`InputError`.
+
+    ``what`` names the expected kind of file in the messages (e.g. ``"CSV file"``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a {what}")
+    if not path.exists():
+        raise InputError(f"{path}: {what} not found")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from exc
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                         f"{exc.start}), expected a {what}") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> dict[str, Any]:
+    """A JSON file holding one object, as a dict; anything else is an :class:`InputError`."""
+    text = read_text(path, what)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        detail = "empty file" if not text.strip() else f"not valid JSON ({exc})"
+        raise InputError(f"{path}: {detail}, expected a {what}") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}: holds a JSON {type(obj).__name__}, expected a {what} "
+                         "(a JSON object)")
+    return obj
+
+
+def read_csv(path: str | os.PathLike, required: tuple[str, ...] = (), what: str = "CSV file",
+             **kwargs: Any) -> Any:
+    """A CSV file as a pandas DataFrame, with at least the columns ``required``.
+
+    ``kwargs`` go to :func:`pandas.read_csv`. A missing, empty, non-UTF-8 or malformed file, or
+    missing columns, are an :class:`InputError` naming the file and what was expected.
+    """
+    import io
+
+    import pandas as pd
+
+    text = read_text(path, what)
+    try:
+        df = pd.read_csv(io.StringIO(text), **kwargs)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: empty file, expected a {what}") from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable CSV file ({' '.join(str(exc).split())}), "
+                         f"expected a {what}") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: missing columns {missing}, expected a {what} with the columns "
+                         f"{', '.join(required)} (has: {', '.join(map(str, df.columns))})")
+    return df
+
+
+def check_output(path: str | os.PathLike, flag: str = "--out",
+                 inputs: tuple[str | os.PathLike | None, ...] = ()) -> Path:
+    """Refuse an output file that is an existing folder, unwritable, or one of ``inputs``.
+
+    ``inputs``: the files the command reads, and its other outputs. Writing onto one would
+    replace what the command is reading (``compare --table X --out X``) or writing. Returns
+    ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: {flag} is a folder, expected a file name")
+    check_writable(path, flag)
+    target = path.resolve()
+    for src in inputs:
+        if src is not None and Path(src).resolve() == target:
+            raise InputError(f"{path}: {flag} names a file this command also reads or writes; "
+                             "writing it would overwrite that file, expected a file name of its own")
+    return path
+
+
+def check_writable(out: str | os.PathLike, flag: str = "--out") -> None:
+    """Refuse ``out`` when its nearest existing folder (itself or an ancestor) is not writable."""
+    out = Path(out)
+    probe = out if out.is_dir() else out.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{out}: cannot write {flag}: permission denied on {probe}, expected a "
+                         "writable location")
 
 
 def code_version() -> str:

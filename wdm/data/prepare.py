@@ -9,8 +9,10 @@ reason``) listing every case left out and why; ``strict`` turns any exclusion in
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -21,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from wdm.data.preprocess import run_parallel
-from wdm.io import InputError, code_version, save_nifti, sha256_file, write_json_atomic, write_text_atomic
+from wdm.io import (
+    InputError,
+    code_version,
+    read_text,
+    save_nifti,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 __all__ = [
     "DATASETS",
@@ -32,6 +42,7 @@ __all__ = [
     "split_key",
     "MANIFEST_COLUMNS",
     "prepare",
+    "check_out_folder",
     "read_manifest",
     "verify_manifest",
     "split_files",
@@ -62,15 +73,77 @@ def prepare(dataset: str, out: str | os.PathLike, *, source: str | os.PathLike |
             generates ``n_train`` (default 40) + ``n_test`` volumes; for real data ``n_test`` cases
             are held out by a seeded split and ``n_train`` caps the training cases (None: all
             the rest).
-        overwrite: replace an existing non-empty ``out`` once the new data set is complete.
+        overwrite: replace an existing non-empty ``out`` once the new data set is complete
+            (``wdm-bench prepare --overwrite`` first checks that ``out`` is an empty or a
+            wdm-bench data folder: :func:`check_out_folder`).
         modality: BraTS scan (``t1n`` default; ``t1c``, ``t2w``, ``t2f``); only for ``brats``.
         strict: turn every exclusion of a real case into an error.
         threads: cases processed in parallel (real data sets).
         cube: side of the padded/cropped cube before pooling (256, the paper's; tests use less).
         progress: show a tqdm bar.
+
+    ``out`` may not be the working directory or a parent of it, nor overlap ``source``. A
+    failure leaves no hidden working folder beside ``out`` and the old ``out`` as it was.
     """
     if dataset not in DATASETS:
         raise InputError(f"unknown data set {dataset!r}; allowed: {', '.join(DATASETS)}")
+    out = Path(out)
+    check_out_folder(out, source=None if dataset == "phantom-brain" else source)
+    before = _leftovers(out)
+    try:
+        return _prepare(dataset, out, source=source, size=size, seed=seed, n_train=n_train,
+                        n_test=n_test, overwrite=overwrite, modality=modality, strict=strict,
+                        threads=threads, cube=cube, progress=progress)
+    except BaseException:
+        for folder in _leftovers(out) - before:  # an emptied ``.old-`` folder of a failed swap
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only ever removes an empty folder
+        raise
+
+
+def check_out_folder(out: Path, *, source: str | os.PathLike | None = None,
+                     overwrite: bool | None = None) -> None:
+    """Refuse an output folder that :func:`prepare` must not create or replace.
+
+    Refused: the working directory or one of its parents, an existing file, and a folder that
+    holds or lies inside ``source``. ``overwrite`` (the command line's ``--overwrite``; None:
+    not checked here): False refuses any non-empty folder, True one that is not a wdm-bench data
+    folder (neither ``dataset.json`` nor ``manifest.csv``), which replacing it would delete.
+    """
+    target, here = out.resolve(), Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise InputError(f"{out}: --out is the working directory or one of its parents, expected a "
+                         "folder of its own for the data set (e.g. data/NAME/SIZE)")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder, expected a data folder to create")
+    if source is not None:
+        src = Path(source).resolve()
+        if target == src or src in target.parents or target in src.parents:
+            raise InputError(f"{out}: --out and --source {source} overlap, expected a data folder "
+                             "outside the raw data (and the raw data outside it)")
+    if overwrite is not None and out.is_dir() and any(out.iterdir()):
+        is_data = (out / "dataset.json").is_file() or (out / MANIFEST).is_file()
+        if not overwrite:
+            raise InputError(f"{out}: folder exists and is not empty, expected a new or empty folder"
+                             f"{' (pass --overwrite to replace this data set)' if is_data else ''}")
+        if not is_data:
+            names = sorted(p.name for p in out.iterdir())
+            raise InputError(f"{out}: --overwrite replaces only an empty folder or a wdm-bench data "
+                             f"folder (with dataset.json or {MANIFEST}); this one holds "
+                             f"{', '.join(names[:3])}{', ...' if len(names) > 3 else ''}")
+
+
+def _leftovers(out: Path) -> set[Path]:
+    """The hidden working folders beside ``out`` (``.NAME.tmp-*``, ``.NAME.old-*``)."""
+    if not out.parent.is_dir():
+        return set()
+    return {p for p in out.parent.glob(f".{out.name}.*-*") if p.is_dir()}
+
+
+def _prepare(dataset: str, out: Path, *, source: str | os.PathLike | None, size: int, seed: int,
+             n_train: int | None, n_test: int, overwrite: bool, modality: str | None,
+             strict: bool, threads: int, cube: int | None, progress: bool) -> Path:
+    """:func:`prepare` once ``out`` has been checked."""
     if dataset == "phantom-brain":
         if source is not None:
             raise InputError("phantom-brain takes no source: it is built from the MNI152 template "
@@ -298,8 +371,6 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def _write_csv(path: Path, header: tuple[str, ...], rows: list[list[str]]) -> None:
-    import io
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
@@ -316,7 +387,8 @@ def read_manifest(data_dir: str | os.PathLike) -> list[dict[str, str]]:
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
         raise InputError(f"{data_dir}: no {MANIFEST} (not a prepared data folder?)")
-    with open(path, newline="") as f:
+    text = read_text(path, f"{MANIFEST} written by 'wdm-bench prepare'")
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         fields = tuple(reader.fieldnames or ())
         if fields[: len(MANIFEST_COLUMNS)] != MANIFEST_COLUMNS:
