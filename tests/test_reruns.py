@@ -262,3 +262,33 @@ def test_a_dag_rerun_after_a_config_change_gives_the_numbers_of_a_clean_run(tmp_
     clean = _dag(tmp_path / "clean", new)
     assert after == clean
     assert after != before
+
+
+def test_a_damaged_loss_log_row_does_not_block_resume(phantom16, tmp_path):
+    run = tmp_path / "run"
+    train(TINY_RUN, phantom16, run, progress=False, max_steps=3)
+    with open(run / "loss.csv", "a") as f:
+        f.write("4,0.12")  # a job killed mid-line
+    prof = train(TINY_RUN, phantom16, run, resume=True, progress=False)
+    assert prof["steps_trained"] == TINY_RUN["training"]["steps"]
+    with open(run / "loss.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 7))
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_old_checkpoints(
+        phantom16, tmp_path, monkeypatch):
+    import errno
+
+    import wdm.checkpoints as ck
+
+    run = tmp_path / "run"
+    train(TINY_RUN, phantom16, run, progress=False, max_steps=3)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+
+    def full(obj, f, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ck.torch, "save", full)
+    with pytest.raises(InputError, match=r"step_0000006\.pt: could not write the checkpoint \(No space"):
+        train(TINY_RUN, phantom16, run, resume=True, progress=False)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before

@@ -60,8 +60,15 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict, keep_last: int) -> 
     (``state['best']['step']``), so a long run cannot fill the disk and never loses its best.
     """
     path = checkpoint_path(run_dir, state["step"])
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write as a RuntimeError
+        if isinstance(exc, RuntimeError) and "write" not in str(exc).lower():
+            raise
+        reason = os.strerror(exc.errno) if getattr(exc, "errno", None) else " ".join(str(exc).split())[:200]
+        raise InputError(f"{path}: could not write the checkpoint ({reason}); is the disk full? The "
+                         "earlier checkpoints are intact; free space and rerun with --resume") from exc
     best = checkpoint_path(run_dir, state["best"]["step"])
     for old in sorted(path.parent.glob(CHECKPOINT_GLOB))[:-keep_last]:
         if old != best:

@@ -361,13 +361,20 @@ def _get_batch(files: list[Path], cache: torch.Tensor | None, idx: list[int],
 
 
 def _truncate_loss_log(path: Path, step: int) -> None:
-    """Drop log rows past ``step`` (left by a run killed after its last checkpoint)."""
+    """Drop log rows past ``step`` (left by a run killed after its last checkpoint) and damaged
+    rows (a job killed mid-line; each is logged with its line number)."""
     if not path.exists():
         return
-    with open(path, newline="") as f:
+    with open(path, newline="", errors="replace") as f:
         rows = list(csv.reader(f))
     if not rows:
         return
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    kept = [rows[0]]
+    for line, row in enumerate(rows[1:], start=2):
+        if row and row[0].isdigit() and len(row) == len(rows[0]):
+            if int(row[0]) <= step:
+                kept.append(row)
+        elif row:
+            log.warning("%s:%d: dropped a damaged row %r", path, line, ",".join(row)[:80])
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows(kept)
