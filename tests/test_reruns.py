@@ -65,8 +65,11 @@ def test_operational_settings_do_not_make_another_run(finished, phantom16):
     assert not list(finished.parent.glob("run.replaced-*"))
 
 
-@pytest.mark.parametrize("change", [{"lr": 0.003}, {"seed": 7}, {"steps": 8}],
-                         ids=["lr", "seed", "steps"])
+@pytest.mark.parametrize("change", [
+    {"lr": 0.003},
+    pytest.param({"seed": 7}, marks=pytest.mark.slow),
+    pytest.param({"steps": 8}, marks=pytest.mark.slow),
+], ids=["lr", "seed", "steps"])
 def test_a_changed_config_moves_the_old_run_aside_and_starts_fresh(finished, phantom16, change):
     cfg = copy.deepcopy(TINY_RUN)
     cfg["training"].update(change)
@@ -98,6 +101,7 @@ def test_a_second_writer_is_refused(phantom16, tmp_path):
                 pass
 
 
+@pytest.mark.slow
 def test_two_train_processes_into_one_folder(phantom16, tmp_path):
     cfg = tmp_path / "slow.yaml"
     cfg.write_text(yaml.safe_dump(dict(TINY_RUN, training=dict(TINY_RUN["training"], steps=400))))
