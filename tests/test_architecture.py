@@ -24,7 +24,8 @@ LAYERS: dict[str, str] = {
     # building blocks: pure transforms, networks, processes, metrics, data preparation
     "wdm.wavelets": "blocks", "wdm.codec": "blocks", "wdm.networks": "blocks",
     "wdm.diffusion": "blocks", "wdm.samplers": "blocks", "wdm.data": "blocks",
-    "eval.features": "blocks", "eval.metrics": "blocks",
+    "eval.features": "blocks", "eval.metrics": "blocks", "eval.fidelity": "blocks",
+    "eval.memorisation": "blocks", "eval.significance": "blocks",
     # methods: the model contract and every model
     "wdm.model": "methods", "baselines": "methods",
     # harness: runs models (training, sampling, scale-out, probes, weight conversion)
