@@ -8,17 +8,17 @@ per-metric warm-up, numpy has nothing to compile):
 - ``fid``: ``eval.metrics.fid_from_features``;
 - ``fid_bootstrap_ci``: ``eval.metrics.fid_bootstrap_ci``, 200 resamples. It costs one full FID
   per resample (two 2048² eigendecompositions once N >= F), ~20 min a run at N = 2048, so at
-  N >= F it is timed on ``--ref-resamples`` resamples and scaled to 200 (the loop's cost is linear
-  in the resamples; column ``extrapolated``);
+  N >= F it is timed on ``--ref-resamples`` resamples and scaled to 200 (it is nothing but that
+  loop; column ``extrapolated``);
 - ``fast_fid_bootstrap_ci``: ``eval.significance.fast_fid_bootstrap_ci``, the same 200 resamples
   through count vectors (one small eigenvalue problem each);
 - ``fid_infinity`` (15 points), ``kid`` (100 subsets of the default size min(N_a, N_b)),
   ``prdc`` (k = 5), ``memorisation`` (Euclidean nearest training neighbour of the N generated and
   the N held-out features, and ``memorisation_report``);
 - ``paired_fid`` / ``paired_kid``: ``eval.significance.paired_bootstrap``, 1000 replicates (KID:
-  the default 10 subsets, here of the whole resample); at N >= F timed on ``--large-replicates``
-  replicates and scaled to 1000 (a replicate costs the same each time; the one-off Gram matrices,
-  ~1 s, are then counted 1000 / replicates times: a slight over-estimate).
+  the default 10 subsets, here of the whole resample); at N >= F estimated from a line through the
+  times at 2 and ``--large-replicates`` replicates (a fixed cost for the full-set values and the
+  kernel / Gram matrices, then the same cost per replicate).
 
 Prints a table of medians plus the total of the set (with the reference bootstrap and with the fast
 one) per N, and writes ``results/bench/metrics.csv`` atomically; column ``load_1m`` is the 1-minute
@@ -62,13 +62,13 @@ def _features(n: int, dim: int, seed: int) -> dict[str, np.ndarray]:
             "fake_b": rng.normal(size=(n, dim)) + 0.05, "test": rng.normal(size=(n, dim))}
 
 
-def _cases(f: dict[str, np.ndarray], ref_resamples: int, replicates: int
-           ) -> list[tuple[str, int, Callable[[], Any]]]:
-    """(name, scale, fn): fn's median time × scale estimates the metric's time.
+#: Resamples / replicates of the metrics that have them (the count the set is timed at).
+FULL = {"fid_bootstrap_ci": 200, "fast_fid_bootstrap_ci": 200, "paired_fid": 1000, "paired_kid": 1000}
 
-    ``ref_resamples`` of the 200 of ``fid_bootstrap_ci`` and ``replicates`` of the 1000 of the
-    paired bootstraps are timed (all of them unless N >= F); their loops cost the same per resample.
-    """
+
+def _cases(f: dict[str, np.ndarray]) -> list[tuple[str, Callable[[int], Any]]]:
+    """(name, fn): ``fn(count)`` runs the metric with ``count`` resamples / replicates (ignored by
+    metrics without any, see :data:`FULL`)."""
     real, a, b, test = f["real"], f["fake_a"], f["fake_b"], f["test"]
 
     def memorisation() -> dict:
@@ -76,49 +76,61 @@ def _cases(f: dict[str, np.ndarray], ref_resamples: int, replicates: int
                                    nearest_neighbours(test, real, metric="euclidean"))
 
     return [
-        ("fid", 1, lambda: fid_from_features(real, a)),
-        ("fid_bootstrap_ci", 200 // ref_resamples,
-         lambda: fid_bootstrap_ci(real, a, n_bootstrap=ref_resamples)),
-        ("fast_fid_bootstrap_ci", 1, lambda: fast_fid_bootstrap_ci(real, a, n_bootstrap=200)),
-        ("fid_infinity", 1, lambda: fid_infinity(real, a, n_points=15)["fid_inf"]),
-        ("kid", 1, lambda: kid(real, a, n_subsets=100)["mean"]),
-        ("prdc", 1, lambda: prdc(real, a, k=5)["precision"]),
-        ("memorisation", 1, lambda: memorisation()["fraction"]),
-        ("paired_fid", 1000 // replicates,
-         lambda: paired_bootstrap(real, a, b, metric="fid", n_bootstrap=replicates)["p_value"]),
-        ("paired_kid", 1000 // replicates,
-         lambda: paired_bootstrap(real, a, b, metric="kid", n_bootstrap=replicates)["p_value"]),
+        ("fid", lambda _: fid_from_features(real, a)),
+        ("fid_bootstrap_ci", lambda c: fid_bootstrap_ci(real, a, n_bootstrap=c)),
+        ("fast_fid_bootstrap_ci", lambda c: fast_fid_bootstrap_ci(real, a, n_bootstrap=c)),
+        ("fid_infinity", lambda _: fid_infinity(real, a, n_points=15)["fid_inf"]),
+        ("kid", lambda _: kid(real, a, n_subsets=100)["mean"]),
+        ("prdc", lambda _: prdc(real, a, k=5)["precision"]),
+        ("memorisation", lambda _: memorisation()["fraction"]),
+        ("paired_fid", lambda c: paired_bootstrap(real, a, b, metric="fid", n_bootstrap=c)["p_value"]),
+        ("paired_kid", lambda c: paired_bootstrap(real, a, b, metric="kid", n_bootstrap=c)["p_value"]),
     ]
 
 
-def _timed(name: str, scale: int) -> int | None:
-    """Resamples / replicates actually run per timed call (None for metrics without any)."""
-    full = {"fid_bootstrap_ci": 200, "fast_fid_bootstrap_ci": 200, "paired_fid": 1000, "paired_kid": 1000}
-    return full[name] // scale if name in full else None
+def _timings(fn: Callable[[int], Any], count: int, repeats: int, out: dict[str, Any]) -> list[float]:
+    def run() -> None:
+        out["value"] = fn(count)
+
+    return time_repeats(run, repeats=repeats, warmup=0)
+
+
+def _measure(name: str, fn: Callable[[int], Any], large: bool, a: argparse.Namespace,
+             out: dict[str, Any]) -> tuple[list[float], int | None]:
+    """Times (one per repeat) of the metric at its full count; at N >= F estimated from fewer.
+
+    ``fid_bootstrap_ci`` (nothing but its loop) is scaled linearly from ``--ref-resamples``; the
+    paired bootstraps (full-set metrics and kernels / Gram matrices first, a fixed cost) from a
+    line through 2 and ``--large-replicates`` replicates, timed repeat by repeat.
+    """
+    full = FULL.get(name)
+    timed = {"fid_bootstrap_ci": a.ref_resamples, "paired_fid": a.large_replicates,
+             "paired_kid": a.large_replicates}.get(name) if large else None
+    if full is None or timed is None or timed >= full:
+        return _timings(fn, full or 0, a.repeats, out), full
+    t_big = _timings(fn, timed, a.repeats, out)
+    if name == "fid_bootstrap_ci":
+        return [t * full / timed for t in t_big], timed
+    t_two = _timings(fn, 2, a.repeats, {})
+    return [t2 + (tb - t2) * (full - 2) / (timed - 2) for t2, tb in zip(t_two, t_big, strict=True)], timed
 
 
 def _time_size(n: int, a: argparse.Namespace) -> list[dict[str, Any]]:
     feats = _features(n, a.dim, a.seed + n)
     fid_from_features(feats["real"], feats["fake_a"])  # untimed: first touch of the arrays
-    large = n >= a.dim
     rows = []
-    for name, scale, fn in _cases(feats, a.ref_resamples if large else 200,
-                                  a.large_replicates if large else 1000):
+    for name, fn in _cases(feats):
         out: dict[str, Any] = {}
-
-        def run(fn: Callable[[], Any] = fn, out: dict[str, Any] = out) -> None:
-            out["value"] = fn()
-
-        st = summarize(time_repeats(run, repeats=a.repeats, warmup=0))
+        times, timed = _measure(name, fn, n >= a.dim, a, out)
+        st = summarize(times)
         value = out["value"]
         rows.append({"metric": name, "n": n, "dim": a.dim, "repeats": st["repeats"],
-                     "median_s": st["median_s"] * scale, "min_s": st["min_s"] * scale,
-                     "max_s": st["max_s"] * scale, "extrapolated": scale > 1,
-                     "timed_resamples": _timed(name, scale),
+                     "median_s": st["median_s"], "min_s": st["min_s"], "max_s": st["max_s"],
+                     "extrapolated": timed != FULL.get(name), "timed_resamples": timed,
                      "value": value[0] if isinstance(value, tuple) else value,
                      "load_1m": os.getloadavg()[0]})
-        logger.info("N=%d %s: median %.2f s%s", n, name, rows[-1]["median_s"],
-                    f" (x{scale} of {_timed(name, scale)} resamples)" if scale > 1 else "")
+        logger.info("N=%d %s: median %.2f s%s", n, name, st["median_s"],
+                    f" (estimated from {timed} resamples)" if rows[-1]["extrapolated"] else "")
     return rows
 
 
