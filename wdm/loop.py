@@ -35,7 +35,7 @@ from wdm.io import (
     write_json_atomic,
     write_text_atomic,
 )
-from wdm.model import BenchmarkModel, build_model
+from wdm.model import BenchmarkModel, build_model, model_class
 from wdm.oom import STATUS_OK
 from wdm.profiling import (
     device_description,
@@ -162,7 +162,7 @@ class TrainLoop:
         self.cfg, self.tcfg, self.identity = cfg, cfg["training"], identity
         self.data_dir, self.run_dir, self.ctx, self.device = data_dir, run_dir, ctx, device
         self.progress = progress
-        self.stage = (cfg.get(cfg["model"]) or {}).get("stage")
+        self.stage = model_class(cfg).stage
         self.volume_shape: tuple[int, ...] | None = None
         self.current_step: int | None = None  # the step being trained (for an OOM report)
         self.last_checkpoint: Path | None = None

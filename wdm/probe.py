@@ -135,6 +135,7 @@ def measure(cfg: dict, resolution: int, mode: str, *, batch_size: int = 1, repea
 
     from wdm.config import config_hash, resolve_run_config
     from wdm.io import code_version
+    from wdm.model import model_class
     from wdm.records import PROBE, make_record
 
     if mode not in MODES or precision not in PRECISIONS:
@@ -146,7 +147,7 @@ def measure(cfg: dict, resolution: int, mode: str, *, batch_size: int = 1, repea
     dev = torch.device(device)
     baseline = _rss_gb() if rss_baseline_gb is None else rss_baseline_gb
     res = make_record(
-        PROBE, model=cfg["model"], stage=(cfg.get(cfg["model"]) or {}).get("stage"), mode=mode,
+        PROBE, model=cfg["model"], stage=model_class(cfg).stage, mode=mode,
         resolution=int(resolution), batch_size=batch_size,
         options={"checkpointing": checkpointing, "precision": precision, "network": cfg["network"]},
         s_per_it_all=[], config_hash=config_hash(cfg), code_version=code_version())
