@@ -109,11 +109,26 @@ def fid(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------------- MS-SSIM
-def _gaussian_1d(kernel_size: int, sigma: float) -> torch.Tensor:
-    """Normalised sampled Gaussian, centred (MONAI's ``_gaussian_kernel`` 1-D factor), float64."""
-    x = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
-    g = torch.exp(-0.5 * (x / sigma) ** 2)
-    return g / g.sum()
+def _gaussian_1d(kernel_size: int, sigma: float, monai_window: bool = False) -> torch.Tensor:
+    """Normalised sampled Gaussian, centred (MONAI's ``_gaussian_kernel`` 1-D factor), float64.
+
+    ``monai_window``: reproduce MONAI's window instead, which is normalised in float32 and takes its
+    3-D outer product in float32, so it sums to 1 + ε (ε = 7.7e-8 at kernel 7, σ 1.5). With
+    σ² = E[x²] - E[x]² the excess enters the variances as -ε μ², which c2 amplifies to ~1e-5 in the
+    contrast-structure term cs (Wang et al. 2003) where flat regions of different intensity meet.
+    The same float32 taps are used, scaled by one factor so that the window has MONAI's exact sum.
+    """
+    if not monai_window:
+        x = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2
+        g = torch.exp(-0.5 * (x / sigma) ** 2)
+        return g / g.sum()
+    d = torch.arange(start=(1 - kernel_size) / 2, end=(1 + kernel_size) / 2, step=1,
+                     dtype=torch.float32)
+    g = torch.exp(-torch.pow(d / sigma, 2) / 2)
+    g = g / g.sum()
+    window_sum = ((g[:, None] * g[None, :])[:, :, None] * g).double().sum()
+    g = g.double()
+    return g * (window_sum / g.sum() ** 3) ** (1 / 3)
 
 
 def _filter_valid(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -157,8 +172,8 @@ def _resolve_weights(scales: int, weights: Sequence[float] | None) -> torch.Tens
 
 
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, kernel_size: int = 7, sigma: float = 1.5,
-            data_range: float = 1.0, scales: int = 5,
-            weights: Sequence[float] | None = None) -> torch.Tensor:
+            data_range: float = 1.0, scales: int = 5, weights: Sequence[float] | None = None,
+            monai_window: bool = False) -> torch.Tensor:
     """3D MS-SSIM of pairs ``x[i]``, ``y[i]``: (N, C, D, H, W) each -> (N,) float64.
 
     At every scale: Gaussian window (``kernel_size``, ``sigma``; separable, no padding),
@@ -169,7 +184,9 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, kernel_size: int = 7, sigma: fl
     float64. ``weights=None`` uses :data:`MS_SSIM_WEIGHTS` (5 scales, unchanged), or its first
     ``scales`` entries renormalised to sum 1 for fewer scales (MONAI has no default for that: pass
     it these weights to compare). Differences from MONAI: its size check (``side // (s-1)² > k-1``)
-    is a heuristic, here the exact requirement of :func:`max_ms_ssim_scales` is enforced.
+    is a heuristic, here the exact requirement of :func:`max_ms_ssim_scales` is enforced; and its
+    window sums to 1 + 7.7e-8 (float32), which moves values by up to ~2e-5 (``monai_window=True``
+    uses that window and then agrees with MONAI run in float64 to ~1e-8; see :func:`_gaussian_1d`).
     """
     if x.shape != y.shape or x.ndim != 5:
         raise ValueError(f"x and y must both be (N, C, D, H, W); got {tuple(x.shape)} and "
@@ -182,7 +199,7 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, kernel_size: int = 7, sigma: fl
                          f"MS-SSIM scales with kernel {kernel_size}: every side must be >= {need} "
                          f"(at most {fits} scale(s) fit)")
     x, y = x.to(torch.float64), y.to(torch.float64)
-    g = _gaussian_1d(kernel_size, sigma).to(x.device)
+    g = _gaussian_1d(kernel_size, sigma, monai_window).to(x.device)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     n, c = x.shape[:2]
     values = []
@@ -326,7 +343,7 @@ def pairwise_ms_ssim(volumes: torch.Tensor, *, kernel_size: int = 7, sigma: floa
                      data_range: float = 1.0, scales: int | None = None,
                      max_pairs: int | None = None, generator: torch.Generator | None = None,
                      batch_size: int = 8, memory_budget_gb: float = 4.0,
-                     return_values: bool = False) -> dict:
+                     return_values: bool = False, monai_window: bool = False) -> dict:
     """Mean :func:`ms_ssim` over the N(N-1)/2 unordered pairs of ``volumes`` (N, C, D, H, W).
 
     The usual diversity score of a generative model (lower = more diverse; Friedrich et al. 2024
@@ -334,7 +351,8 @@ def pairwise_ms_ssim(volumes: torch.Tensor, *, kernel_size: int = 7, sigma: floa
     are computed once (:func:`_scale_stats`); per pair only the cross term E[xy] is filtered, so
     a pair costs one separable filter per scale instead of five. Volumes are handled in blocks
     whose statistics fit ``memory_budget_gb`` (a block's statistics are recomputed for each later
-    row block when N does not fit at once). Values equal :func:`ms_ssim` pair by pair.
+    row block when N does not fit at once). Values equal :func:`ms_ssim` pair by pair (also with
+    ``monai_window``).
 
     ``scales=None`` uses :func:`max_ms_ssim_scales` of the spatial shape. ``max_pairs``
     evaluates a uniformly random subset of that many distinct pairs (drawn with ``generator``):
@@ -351,7 +369,7 @@ def pairwise_ms_ssim(volumes: torch.Tensor, *, kernel_size: int = 7, sigma: floa
     n = volumes.shape[0]
     w = _resolve_weights(scales, None)
     ii, jj, total = _pick_pairs(n, max_pairs, generator)
-    g = _gaussian_1d(kernel_size, sigma).to(volumes.device)
+    g = _gaussian_1d(kernel_size, sigma, monai_window).to(volumes.device)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     per_volume = _stats_bytes(volumes.shape[2:], kernel_size, scales) * volumes.shape[1]
     block = int(max(1, min(n, memory_budget_gb * 2 ** 30 // (2 * per_volume))))
