@@ -12,6 +12,9 @@ per-metric warm-up, numpy has nothing to compile):
   loop; column ``extrapolated``);
 - ``fast_fid_bootstrap_ci``: ``eval.significance.fast_fid_bootstrap_ci``, the same 200 resamples
   through count vectors (one small eigenvalue problem each);
+- ``kid_bootstrap_ci``: ``eval.significance.kid_bootstrap_ci``, 200 resamples, 10 subsets each;
+- ``evaluate_feature_scores``: ``eval.scores.feature_scores`` at the schema's defaults, i.e. what
+  ``wdm-bench evaluate`` computes from the features (FID, both intervals, KID, FID∞, PRDC, MMD);
 - ``fid_infinity`` (15 points), ``kid`` (100 subsets of the default size min(N_a, N_b)),
   ``prdc`` (k = 5), ``memorisation`` (Euclidean nearest training neighbour of the N generated and
   the N held-out features, and ``memorisation_report``);
@@ -47,12 +50,17 @@ from bench.common import MIN_REPEATS, print_rows, setup_logging, summarize, time
 from eval.fidelity import fid_infinity, kid, prdc  # noqa: E402
 from eval.memorisation import memorisation_report, nearest_neighbours  # noqa: E402
 from eval.metrics import fid_bootstrap_ci, fid_from_features  # noqa: E402
-from eval.significance import fast_fid_bootstrap_ci, paired_bootstrap  # noqa: E402
+from eval.scores import feature_scores  # noqa: E402
+from eval.significance import fast_fid_bootstrap_ci, kid_bootstrap_ci, paired_bootstrap  # noqa: E402
+from wdm.config import EvaluationSettings  # noqa: E402
 
 logger = logging.getLogger("bench.metrics")
 
+#: the schema's evaluation defaults (FID and KID intervals of 200 resamples, KID on 100 subsets).
+DEFAULTS = EvaluationSettings.from_mapping(None)
+
 #: Metrics of the set whose total is reported (the reference or the fast bootstrap interval).
-SET = ("fid", "fid_infinity", "kid", "prdc", "memorisation", "paired_fid", "paired_kid")
+SET = ("fid", "fid_infinity", "kid", "kid_bootstrap_ci", "prdc", "memorisation", "paired_fid", "paired_kid")
 
 
 def _features(n: int, dim: int, seed: int) -> dict[str, np.ndarray]:
@@ -63,7 +71,8 @@ def _features(n: int, dim: int, seed: int) -> dict[str, np.ndarray]:
 
 
 #: Resamples / replicates of the metrics that have them (the count the set is timed at).
-FULL = {"fid_bootstrap_ci": 200, "fast_fid_bootstrap_ci": 200, "paired_fid": 1000, "paired_kid": 1000}
+FULL = {"fid_bootstrap_ci": 200, "fast_fid_bootstrap_ci": 200, "kid_bootstrap_ci": 200, "paired_fid": 1000,
+        "paired_kid": 1000}
 
 
 def _cases(f: dict[str, np.ndarray]) -> list[tuple[str, Callable[[int], Any]]]:
@@ -81,10 +90,13 @@ def _cases(f: dict[str, np.ndarray]) -> list[tuple[str, Callable[[int], Any]]]:
         ("fast_fid_bootstrap_ci", lambda c: fast_fid_bootstrap_ci(real, a, n_bootstrap=c)),
         ("fid_infinity", lambda _: fid_infinity(real, a, n_points=15)["fid_inf"]),
         ("kid", lambda _: kid(real, a, n_subsets=100)["mean"]),
+        ("kid_bootstrap_ci", lambda c: kid_bootstrap_ci(real, a, n_bootstrap=c, n_subsets=10)),
         ("prdc", lambda _: prdc(real, a, k=5)["precision"]),
         ("memorisation", lambda _: memorisation()["fraction"]),
         ("paired_fid", lambda c: paired_bootstrap(real, a, b, metric="fid", n_bootstrap=c)["p_value"]),
         ("paired_kid", lambda c: paired_bootstrap(real, a, b, metric="kid", n_bootstrap=c)["p_value"]),
+        # what `wdm-bench evaluate` runs on the features, at the schema's defaults
+        ("evaluate_feature_scores", lambda _: feature_scores(real, a, DEFAULTS)["kid"]),
     ]
 
 

@@ -33,25 +33,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from eval.feature_cache import check_same_extractor, load_real_stats, save_real_stats
 from eval.features import (
     MEDICALNET_WEIGHTS,
     extract_features,
     medicalnet_resnet,
     resolve_weights,
 )
-from eval.metrics import (
-    fid_bootstrap_ci,
-    fid_from_features,
-    max_ms_ssim_scales,
-    mmd,
-    ms_ssim_bootstrap_ci,
-    pairwise_ms_ssim,
-)
+from eval.memorise import memorisation, train_files_of
+from eval.metrics import max_ms_ssim_scales, ms_ssim_bootstrap_ci, pairwise_ms_ssim
+from eval.scores import SCORE_KEYS, feature_scores, protocol_note
 from wdm.config import EvaluationSettings
 from wdm.data.prepare import MANIFEST, read_manifest
 from wdm.io import (
     InputError,
-    atomic_path,
     code_version,
     list_volumes,
     load_nifti,
@@ -61,7 +56,7 @@ from wdm.io import (
 from wdm.oom import STATUS_OK, STATUS_OOM, read_status
 
 __all__ = ["PROTOCOLS", "MEASURED_KEYS", "evaluate", "write_metrics", "real_statistics", "save_real_stats",
-           "load_real_stats", "real_files"]
+           "load_real_stats", "real_files", "load_checked"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +71,11 @@ RANGE_TOL = 1e-3
 
 #: result fields that hold measured numbers (and what they were measured on): null when out of memory.
 MEASURED_KEYS: tuple[str, ...] = (
-    "fid", "fid_ci_low", "fid_ci_high", "mmd", "mmd_bandwidth", "ms_ssim", "ms_ssim_ci_low",
-    "ms_ssim_ci_high", "ms_ssim_std", "ms_ssim_se", "ms_ssim_pairs", "ms_ssim_pairs_total",
-    "ms_ssim_scales", "n_real", "n_fake", "feature_extractor", "feature_dim", "weights_sha256",
+    *SCORE_KEYS, "ms_ssim", "ms_ssim_ci_low", "ms_ssim_ci_high", "ms_ssim_std", "ms_ssim_se",
+    "ms_ssim_pairs", "ms_ssim_pairs_total", "ms_ssim_scales", "memorisation_feature",
+    "memorisation_feature_threshold", "memorisation_voxel", "memorisation_voxel_threshold",
+    "memorisation_quantile", "memorisation_suspects", "frd", "frd_features", "frd_backend",
+    "n_real", "n_fake", "protocol_note", "feature_extractor", "feature_dim", "weights_sha256",
     "shape",
 )
 
@@ -129,6 +126,12 @@ def _load_checked(path: Path, shape: tuple[int, ...] | None) -> np.ndarray:
     return np.clip(vol, 0.0, 1.0)
 
 
+def load_checked(path: str | os.PathLike, shape: tuple[int, ...] | None) -> np.ndarray:
+    """A volume (D, H, W) in [0, 1] (clipped within ``RANGE_TOL``); InputError naming the file
+    for values outside [0, 1] or a shape other than ``shape`` (None: any)."""
+    return _load_checked(Path(path), shape)
+
+
 def _stream(files: Sequence[Path], shape: tuple[int, ...]) -> Iterator[np.ndarray]:
     for f in files:
         yield _load_checked(f, shape)
@@ -158,6 +161,8 @@ class _Extractor:
         self.ckpt, self.depth, self.protocol, self.seed = ckpt, depth, protocol, seed
         self.input_range = PROTOCOLS[protocol]["input_range"]
         self.weights_sha256 = sha256_file(ckpt) if ckpt is not None else None
+        #: the protocol's own MedicalNet checkpoint: its numbers are protocol numbers.
+        self.is_protocol_extractor = stem == PROTOCOLS[protocol]["weights"]
         self._model: torch.nn.Module | None = None
 
     def features(self, volumes: Any, batch_size: int, device: str) -> np.ndarray:
@@ -197,69 +202,13 @@ def real_statistics(real_dir: str | os.PathLike, settings: EvaluationSettings, *
     meta = {**ext.identity(), "seed": settings.seed, "shape": list(shape), "real_dir": str(real_dir),
             "n_real": len(files), "files": [f.name for f in files],
             "files_sha256": [sha256_file(f) for f in files], "code_version": code_version()}
-    return {"features": feats, "mu": feats.mean(0),
-            "sigma": np.cov(feats, rowvar=False, ddof=1), "meta": meta}
-
-
-def save_real_stats(path: str | os.PathLike, stats: dict[str, Any]) -> None:
-    """Write :func:`real_statistics` output as ``.npz`` (metadata as a JSON string), atomically."""
-    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, features=stats["features"], mu=stats["mu"], sigma=stats["sigma"],
-                 meta=np.array(json.dumps(stats["meta"])))
-
-
-def load_real_stats(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a file written by :func:`save_real_stats` (no pickle); errors name the file.
-
-    A missing, empty, truncated or foreign file (another ``.npz``, a text file), or one whose
-    fields do not fit together, is an :class:`InputError` saying what was expected.
-    """
-    path = Path(path)
-
-    def refuse(detail: str) -> InputError:
-        return InputError(f"{path}: not a real-feature statistics file written by "
-                          f"'wdm-bench real-stats' ({detail})")
-
-    if path.is_dir():
-        raise refuse("a folder")
-    if not path.is_file():
-        raise refuse("file not found")
-    if path.stat().st_size == 0:
-        raise refuse("empty file")
-    try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, Mapping):
-            raise refuse(f"one {type(z).__name__}, not an .npz archive of fields")
-        with z:
-            missing = sorted({"features", "mu", "sigma", "meta"} - set(z.files))
-            if missing:
-                raise refuse(f"fields {missing} missing; it has {sorted(z.files)}")
-            out = {k: np.asarray(z[k], np.float64) for k in ("features", "mu", "sigma")}
-            out["meta"] = json.loads(str(z["meta"]))
-    except InputError:
-        raise
-    except Exception as exc:  # numpy raises many types for a damaged or foreign file
-        raise refuse(f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
-    _check_stats_fields(path, out)
+    out = {"features": feats, "mu": feats.mean(0), "sigma": np.cov(feats, rowvar=False, ddof=1),
+           "meta": meta}
+    backend = _frd_backend(settings)
+    if backend is not None:  # the real side of FRD, extracted once like the features
+        out["radiomics"] = _radiomics(files, shape)
+        meta["radiomics_backend"] = backend
     return out
-
-
-def _check_stats_fields(path: Path, stats: dict[str, Any]) -> None:
-    """Refuse statistics whose metadata or array shapes do not fit together."""
-    meta, f = stats["meta"], stats["features"]
-    if not isinstance(meta, dict) or not isinstance(meta.get("n_real"), int):
-        raise InputError(f"{path}: field 'meta' is not a mapping with an integer 'n_real', expected "
-                         "the metadata that 'wdm-bench real-stats' writes")
-    if f.ndim != 2 or f.shape[0] != meta["n_real"] or f.shape[0] < 2:
-        raise InputError(f"{path}: field 'features' has shape {f.shape}, expected "
-                         f"(n_real={meta['n_real']} >= 2, F)")
-    n_feat = f.shape[1]
-    if stats["mu"].shape != (n_feat,) or stats["sigma"].shape != (n_feat, n_feat):
-        raise InputError(f"{path}: fields 'mu' {stats['mu'].shape} and 'sigma' {stats['sigma'].shape} "
-                         f"do not match 'features' {f.shape}, expected ({n_feat},) and "
-                         f"({n_feat}, {n_feat})")
-    if not np.isfinite(f).all():
-        raise InputError(f"{path}: field 'features' holds NaN/Inf, expected finite features")
 
 
 def _check_cache(path: str | os.PathLike, cache: dict[str, Any], ext: _Extractor,
@@ -290,27 +239,32 @@ def _sample_profile_field(fake_dir: str | os.PathLike, key: str) -> Any:
 
 def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike,
              settings: EvaluationSettings, *, n_fake: int | None = None,
-             real_stats: str | os.PathLike | None = None, device: str = "cpu") -> dict[str, Any]:
-    """FID and MMD between real and generated features, mean pairwise MS-SSIM among the fakes.
+             real_stats: str | os.PathLike | None = None, device: str = "cpu",
+             test_features: str | os.PathLike | None = None,
+             features_out: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Fidelity, diversity and memorisation of generated volumes against real ones.
 
-    FID as in Heusel et al. 2017 on MedicalNet features (Chen et al. 2019), the 3D protocol of
-    Friedrich et al. 2024 (``wdm``) or Sun et al. 2022 (``hagan``); MS-SSIM (Wang et al. 2003)
-    among the generated volumes as a diversity score. ``settings`` (the workflow config's
-    ``evaluation`` section) gives every knob: ``weights`` is a spec for
-    :func:`eval.features.resolve_weights` (``"auto"`` = the protocol's checkpoint if present
-    locally, else an untrained network, labelled as such; ``"none"`` or null = untrained),
-    ``depth``, ``protocol``, ``batch_size``, ``kernel_size`` (MS-SSIM Gaussian window),
-    ``n_real``; ``max_pairs`` limits MS-SSIM to a random subset of pairs drawn with ``seed`` (its
-    standard error is reported); percentile bootstrap intervals (``n_bootstrap`` resamples, level
-    ``ci_level``, seeded with ``seed``) for FID and mean MS-SSIM, ``n_bootstrap=0`` skips them.
-    ``real_stats``: a file from :func:`save_real_stats`; its features replace reading ``real_dir``
-    (which may then be None) after checking protocol, extractor, weights SHA-256 and shape.
-    ``n_real`` / ``n_fake`` take the first volumes in sorted file order (error if fewer exist;
-    ``n_fake`` None = every volume of ``fake_dir``). Volumes must be 3D, all of one shape, with
-    values in [0, 1] (± ``RANGE_TOL``). Returns a JSON-ready dict (see :func:`_result`), with
-    ``"status": "ok"``; or, when ``FAKE/sample_profile.json`` has ``"status": "oom"``, the same
-    keys with :data:`MEASURED_KEYS` null, ``"status": "oom"``, ``"error"`` and ``"failed_stage"``
-    (from the profile), and nothing read or extracted.
+    On MedicalNet features (Chen et al. 2019), the 3D protocol of Friedrich et al. 2024 (``wdm``)
+    or Sun et al. 2022 (``hagan``): FID (Heusel et al. 2017), MMD², KID, FID∞, precision /
+    recall / density / coverage with bootstrap intervals (:func:`eval.scores.feature_scores`);
+    MS-SSIM (Wang et al. 2003) among the generated volumes as a diversity score; with
+    ``test_features`` (the held-out test set's feature file, e.g. the reference row's
+    ``features.npz``), the memorisation check of :func:`eval.memorise.memorisation` against the
+    training volumes the real features were made from; FRD (Konz et al. 2024) when its backend is
+    installed (``settings.frd``). ``settings`` (the workflow config's ``evaluation`` section)
+    gives every knob: ``weights`` is a spec for :func:`eval.features.resolve_weights` (``"auto"``
+    = the protocol's checkpoint if present locally, else an untrained network, labelled as such),
+    ``depth``, ``protocol``, ``batch_size``, ``kernel_size`` (MS-SSIM window), ``n_real``;
+    ``max_pairs`` limits MS-SSIM to a random subset of pairs drawn with ``seed``; percentile
+    bootstrap intervals (``n_bootstrap`` resamples, level ``ci_level``; 0 skips them). A protocol
+    number on fewer volumes than the protocol names is refused unless ``allow_small_n`` (then
+    ``protocol_note`` reads "n below protocol"). ``real_stats``: a file from
+    :func:`save_real_stats`, checked, replaces reading ``real_dir``. ``features_out``: write the
+    generated set's features there (same format). ``n_real`` / ``n_fake`` take the first volumes
+    in sorted order (error if fewer exist; ``n_fake`` None = all). Volumes: 3D, one shape, values
+    in [0, 1] (± ``RANGE_TOL``). Returns a JSON-ready dict, ``"status": "ok"``; or, when
+    ``FAKE/sample_profile.json`` says ``"oom"``, :data:`MEASURED_KEYS` null with ``"status":
+    "oom"``, ``"error"`` and ``"failed_stage"``, and nothing read or extracted.
     """
     if real_dir is None and real_stats is None:
         raise InputError("give real_dir or real_stats")
@@ -325,14 +279,27 @@ def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike,
     fake_files, fakes = _load_fakes(fake_dir, n_fake)
     shape = tuple(fakes.shape[1:])
     scales = _ms_ssim_scales(fake_dir, shape, settings.kernel_size)
-    feats_real, real_meta = _real_features(real_dir, real_stats, settings, ext, shape, device)
+    real_cache = _real_features(real_dir, real_stats, settings, ext, shape, device)
+    feats_real, real_meta = real_cache["features"], real_cache["meta"]
+    note = protocol_note(settings.protocol, len(feats_real), len(fake_files), settings.allow_small_n,
+                         protocol_extractor=ext.is_protocol_extractor, where=str(fake_dir))
+    test = _test_set(test_features, ext, shape)
     feats_fake = ext.features(fakes, settings.batch_size, device)
-    scores = _scores(feats_real, feats_fake, fakes, scales, settings)
-    ci = _intervals(feats_real, feats_fake, scores["diversity"], settings)
-    logger.info("FID %.6g [%s, %s] (%s, protocol %s), MMD² %.4g, MS-SSIM %.4f over %d pairs",
-                scores["fid"], ci["fid_ci_low"], ci["fid_ci_high"], ext.label, settings.protocol,
-                scores["mmd"]["mmd2"], scores["diversity"]["mean"], scores["diversity"]["n_pairs"])
-    return _result(scores, ci, ext, real_meta, len(fake_files), shape,
+    if features_out is not None:
+        save_real_stats(features_out, _set_stats(feats_fake, ext, settings, shape, fake_dir, fake_files))
+    scores = {**feature_scores(feats_real, feats_fake, settings), "feature_dim": feats_real.shape[1]}
+    scores.update(_diversity(fakes, scales, settings))
+    if test is not None:
+        train = (train_files_of(real_meta, str(real_stats or real_dir)), feats_real)
+        scores.update(memorisation(fakes, [f.name for f in fake_files], feats_fake, train, test,
+                                   lambda p: _load_checked(p, shape),
+                                   quantile=settings.memorisation_quantile))
+    scores.update(_frd_scores(settings, real_cache, str(real_stats or real_dir), fake_files, shape))
+    logger.info("FID %.6g [%s, %s], KID %.4g [%s, %s] (%s, protocol %s), MS-SSIM %.4f over %d pairs",
+                scores["fid"], scores["fid_ci_low"], scores["fid_ci_high"], scores["kid"],
+                scores["kid_ci_low"], scores["kid_ci_high"], ext.label, settings.protocol,
+                scores["ms_ssim"], scores["ms_ssim_pairs"])
+    return _result(scores, ext, real_meta, len(fake_files), shape, note,
                    _provenance(settings, real_stats, fake_dir, _sample_profile_field(fake_dir, "seed"),
                                real_dir=real_meta.get("real_dir")))
 
@@ -380,8 +347,8 @@ def _ms_ssim_scales(fake_dir: str | os.PathLike, shape: tuple[int, ...], kernel_
 
 def _real_features(real_dir: str | os.PathLike | None, real_stats: str | os.PathLike | None,
                    settings: EvaluationSettings, ext: _Extractor, shape: tuple[int, ...],
-                   device: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """Real features and their metadata: from the ``real_stats`` cache (checked) or extracted."""
+                   device: str) -> dict[str, Any]:
+    """Real features, metadata (and radiomics): from the ``real_stats`` cache (checked) or extracted."""
     if real_stats is not None:
         cache = load_real_stats(real_stats)
         _check_cache(real_stats, cache, ext, shape, settings.n_real)
@@ -391,62 +358,106 @@ def _real_features(real_dir: str | os.PathLike | None, real_stats: str | os.Path
         if tuple(cache["meta"]["shape"]) != shape:
             raise InputError(f"{real_dir}: real volumes {tuple(cache['meta']['shape'])} differ "
                              f"from the generated {shape}")
-    return np.asarray(cache["features"], np.float64), cache["meta"]
+    return {**cache, "features": np.asarray(cache["features"], np.float64)}
 
 
-def _scores(feats_real: np.ndarray, feats_fake: np.ndarray, fakes: np.ndarray, scales: int,
-            settings: EvaluationSettings) -> dict[str, Any]:
-    """FID, MMD and pairwise MS-SSIM (pair subset drawn with ``settings.seed``)."""
-    fid_value = fid_from_features(feats_real, feats_fake)
-    mmd_res = mmd(feats_real, feats_fake)
+def _test_set(test_features: str | os.PathLike | None, ext: _Extractor,
+              shape: tuple[int, ...]) -> tuple[list[Path], np.ndarray] | None:
+    """The held-out set's (volume files, features (N, F)) from its feature file, checked; or None."""
+    if test_features is None:
+        return None
+    cache = load_real_stats(test_features)
+    check_same_extractor(test_features, cache["meta"], ext.identity(), "this evaluation")
+    if tuple(cache["meta"].get("shape") or ()) != shape:
+        raise InputError(f"{test_features}: field 'shape' is {cache['meta'].get('shape')}, but the "
+                         f"generated volumes are {list(shape)}")
+    return train_files_of(cache["meta"], str(test_features)), cache["features"]
+
+
+def _set_stats(feats: np.ndarray, ext: _Extractor, settings: EvaluationSettings,
+               shape: tuple[int, ...], folder: str | os.PathLike, files: Sequence[Path]) -> dict[str, Any]:
+    """An evaluated set's features in the format of :func:`real_statistics` (``n_real`` = rows)."""
+    meta = {**ext.identity(), "seed": settings.seed, "shape": list(shape), "role": "evaluated",
+            "source_dir": str(folder), "n_real": len(files), "files": [f.name for f in files],
+            "files_sha256": [sha256_file(f) for f in files], "code_version": code_version()}
+    return {"features": feats, "mu": feats.mean(0), "sigma": np.cov(feats, rowvar=False, ddof=1),
+            "meta": meta}
+
+
+def _diversity(fakes: np.ndarray, scales: int, settings: EvaluationSettings) -> dict[str, Any]:
+    """Mean pairwise MS-SSIM among the fakes (pair subset drawn with ``settings.seed``) and its interval."""
     gen = torch.Generator().manual_seed(settings.seed)
     div = pairwise_ms_ssim(torch.from_numpy(fakes).unsqueeze(1), kernel_size=settings.kernel_size,
                            data_range=1.0, scales=scales, max_pairs=settings.max_pairs,
                            generator=gen, return_values=True)
-    return {"fid": fid_value, "mmd": mmd_res, "diversity": div,
-            "feature_dim": int(feats_real.shape[1])}
+    lo = hi = None
+    if settings.n_bootstrap:
+        lo, hi = ms_ssim_bootstrap_ci(div["values"], div["pairs"], len(fakes),
+                                      n_bootstrap=settings.n_bootstrap, level=settings.ci_level,
+                                      seed=settings.seed)
+    return {"ms_ssim": div["mean"], "ms_ssim_ci_low": lo, "ms_ssim_ci_high": hi,
+            "ms_ssim_std": div["std"], "ms_ssim_se": div["se"], "ms_ssim_pairs": div["n_pairs"],
+            "ms_ssim_pairs_total": div["n_pairs_total"], "ms_ssim_scales": div["scales"]}
 
 
-def _intervals(feats_real: np.ndarray, feats_fake: np.ndarray, div: dict[str, Any],
-               settings: EvaluationSettings) -> dict[str, float | None]:
-    """Percentile bootstrap intervals of FID and mean MS-SSIM (all None when ``n_bootstrap`` is 0)."""
-    ci: dict[str, float | None] = dict.fromkeys(
-        ("fid_ci_low", "fid_ci_high", "ms_ssim_ci_low", "ms_ssim_ci_high"))
-    n, level, seed = settings.n_bootstrap, settings.ci_level, settings.seed
-    if n:
-        ci["fid_ci_low"], ci["fid_ci_high"] = fid_bootstrap_ci(
-            feats_real, feats_fake, n_bootstrap=n, level=level, seed=seed)
-        ci["ms_ssim_ci_low"], ci["ms_ssim_ci_high"] = ms_ssim_bootstrap_ci(
-            div["values"], div["pairs"], len(feats_fake), n_bootstrap=n, level=level, seed=seed)
-    return ci
+def _frd_backend(settings: EvaluationSettings) -> str | None:
+    """The FRD backend's version string, or None when ``settings.frd`` is off or it is missing
+    (an :class:`InputError` for a missing backend when ``frd`` is ``"required"``)."""
+    from eval.frd import frd_available
+
+    if settings.frd == "off":
+        return None
+    ok, info = frd_available()
+    if not ok and settings.frd == "required":
+        raise InputError(f"evaluation.frd is 'required', but {info}")
+    return info if ok else None
 
 
-def _result(scores: dict[str, Any], ci: dict[str, float | None], ext: _Extractor,
-            real_meta: dict[str, Any], n_fake: int, shape: tuple[int, ...],
-            provenance: dict[str, Any]) -> dict[str, Any]:
+def _radiomics(files: Sequence[Path], shape: tuple[int, ...]) -> np.ndarray:
+    """frd-score's radiomic features (N, F) of volume files, on their voxel grid as 1 mm voxels.
+
+    frd-score resamples to 2 mm: with the header's voxel size a 32³ phantom (5.5 mm voxels) would
+    be upsampled to 88³ (10 s a volume); as 1 mm voxels every data set is analysed at half its grid
+    (BraTS's 1 mm voxels exactly as the FRD authors do), about 2 s a volume at 32³.
+    """
+    from eval.frd import radiomics_features
+
+    return radiomics_features(np.stack([_load_checked(f, shape) for f in files]), spacing=1.0)
+
+
+def _frd_scores(settings: EvaluationSettings, real_cache: dict[str, Any], what: str,
+                fake_files: Sequence[Path], shape: tuple[int, ...]) -> dict[str, Any]:
+    """FRD (Konz et al. 2024) of the real (training) and generated volumes, or None with the reason.
+
+    The real side comes from the real-feature file when it holds radiomic features of the same
+    backend; otherwise it is extracted from the training volumes the file lists.
+    """
+    from eval.frd import frd_available, frd_from_features
+
+    backend = _frd_backend(settings)
+    if backend is None:
+        why = "off (evaluation.frd)" if settings.frd == "off" else f"unavailable: {frd_available()[1]}"
+        return {"frd": None, "frd_features": None, "frd_backend": why}
+    real = real_cache.get("radiomics")
+    if real is None or real_cache["meta"].get("radiomics_backend") != backend:
+        real = _radiomics(train_files_of(real_cache["meta"], what), shape)
+    r = frd_from_features(real, _radiomics(fake_files, shape))
+    return {"frd": r["frd"], "frd_features": r["n_features"], "frd_backend": r["backend"]}
+
+
+def _result(scores: dict[str, Any], ext: _Extractor, real_meta: dict[str, Any], n_fake: int,
+            shape: tuple[int, ...], note: str | None, provenance: dict[str, Any]) -> dict[str, Any]:
     """The result dict of a measured evaluation (:data:`MEASURED_KEYS` plus the provenance)."""
-    div, mmd_res = scores["diversity"], scores["mmd"]
-    return {
-        "status": STATUS_OK,
-        "fid": scores["fid"],
-        **{k: v for k, v in ci.items() if k.startswith("fid")},
-        "mmd": mmd_res["mmd2"],
-        "mmd_bandwidth": mmd_res["bandwidth"],
-        "ms_ssim": div["mean"],
-        **{k: v for k, v in ci.items() if k.startswith("ms_ssim")},
-        "ms_ssim_std": div["std"],
-        "ms_ssim_se": div["se"],
-        "ms_ssim_pairs": div["n_pairs"],
-        "ms_ssim_pairs_total": div["n_pairs_total"],
-        "ms_ssim_scales": div["scales"],
+    measured = {
+        **scores,
         "n_real": int(real_meta["n_real"]),
         "n_fake": n_fake,
+        "protocol_note": note,
         "feature_extractor": ext.label,
-        "feature_dim": scores["feature_dim"],
         "weights_sha256": ext.weights_sha256,
         "shape": list(shape),
-        **provenance,
     }
+    return {"status": STATUS_OK, **{k: measured.get(k) for k in MEASURED_KEYS}, **provenance}
 
 
 def _provenance(settings: EvaluationSettings, real_stats: str | os.PathLike | None,

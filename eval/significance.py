@@ -23,7 +23,7 @@ from eval.fidelity import _features, _same_width, kid, poly_kernel, within_sums
 from eval.metrics import _clip_eigenvalues, fid_from_features, frechet_distance
 from wdm.io import InputError
 
-__all__ = ["fid_replicates", "fast_fid_bootstrap_ci", "paired_bootstrap", "share_ranks"]
+__all__ = ["fid_replicates", "fast_fid_bootstrap_ci", "kid_bootstrap_ci", "paired_bootstrap", "share_ranks"]
 
 METRICS = ("fid", "kid")
 
@@ -217,15 +217,41 @@ def _paired_kid(r: np.ndarray, a: np.ndarray, b: np.ndarray, idx: tuple[np.ndarr
                 kid_subsets: int, kid_subset_size: int | None, seed: int, rng: np.random.Generator
                 ) -> tuple[tuple[float, float], np.ndarray]:
     """Full-set subset-mean KIDs of a and b and their replicates (B, 2) for :func:`paired_bootstrap`."""
-    n_min = min(len(r), len(a), len(b))
-    m = n_min if kid_subset_size is None else int(kid_subset_size)
-    if not 2 <= m <= n_min:
-        raise InputError(f"kid_subset_size must be in 2..{n_min} (the smallest set), got {kid_subset_size}")
-    if kid_subsets < 1:
-        raise InputError(f"kid_subsets must be >= 1, got {kid_subsets}")
-    s = 1 if m == len(r) == len(a) == len(b) else kid_subsets
+    m, s = _kid_subset_size((len(r), len(a), len(b)), kid_subset_size, kid_subsets)
     full = tuple(kid(r, f, subset_size=m, n_subsets=s, seed=seed)["mean"] for f in (a, b))
     return full, _kid_replicates(r, [a, b], idx[0], list(idx[1:]), m, s, rng)
+
+
+def _kid_subset_size(sizes: Sequence[int], subset_size: int | None, n_subsets: int) -> tuple[int, int]:
+    """(m, S): KID subset size (None: the smallest set) and subsets per replicate (1 when m is every
+    set's size: then each subset is the whole resample)."""
+    n_min = min(sizes)
+    m = n_min if subset_size is None else int(subset_size)
+    if not 2 <= m <= n_min:
+        raise InputError(f"kid_subset_size must be in 2..{n_min} (the smallest set), got {subset_size}")
+    if n_subsets < 1:
+        raise InputError(f"kid_subsets must be >= 1, got {n_subsets}")
+    return m, (1 if all(n == m for n in sizes) else n_subsets)
+
+
+def kid_bootstrap_ci(feats_a: np.ndarray, feats_b: np.ndarray, *, n_bootstrap: int = 200,
+                     level: float = 0.95, seed: int = 0, n_subsets: int = 10,
+                     subset_size: int | None = None) -> tuple[float, float]:
+    """Percentile bootstrap interval (Efron & Tibshirani 1993) of KID (Bińkowski et al. 2018).
+
+    Features (N_a, F) and (N_b, F), both resampled with replacement
+    (``numpy.random.default_rng(seed)``); each replicate's KID is the mean unbiased MMD² over
+    ``n_subsets`` subsets of ``subset_size`` points (None: min(N_a, N_b); then the subset is the
+    whole resample) drawn without replacement from the resamples, from kernels computed once.
+    The interval reflects both sets' sampling noise, unlike the std over subsets of one set.
+    """
+    _check_bootstrap(n_bootstrap, level)
+    a, b = _features(feats_a, "feats_a"), _features(feats_b, "feats_b")
+    _same_width(a, b, "feats_a and feats_b")
+    m, s = _kid_subset_size((len(a), len(b)), subset_size, n_subsets)
+    rng = np.random.default_rng(seed)
+    ia, ib = _draw(rng, (len(a), len(b)), n_bootstrap)
+    return _percentile_ci(_kid_replicates(a, [b], ia, [ib], m, s, rng)[:, 0], level)
 
 
 # ---------------------------------------------------------------------------- paired test

@@ -2,10 +2,13 @@
 
 For ``results/{dataset}/{res}/{model}/metrics.json`` the row also reads the sibling
 ``run/train_profile.json`` and ``samples/sample_profile.json``. The table's columns are fixed
-(:data:`COLUMNS`) so downstream scripts can rely on them: FID with its 95% bootstrap interval
-(``fid_ci_low``/``fid_ci_high``), MMD², mean pairwise MS-SSIM with its interval and, for a random
-subset of pairs, its standard error, the protocol and the weights' SHA-256. The real-vs-real
-reference row (model :data:`REFERENCE_MODEL`) comes first in each (dataset, resolution).
+(:data:`COLUMNS`) so downstream scripts can rely on them: a ``rank`` by KID (models whose KID
+intervals overlap share it), FID with its 95% bootstrap interval and FID∞, KID with its interval,
+MMD², precision / recall / density / coverage, FRD (empty where its backend is not installed),
+mean pairwise MS-SSIM with its interval, the memorisation fractions (feature and voxel space),
+the sample sizes and ``protocol_note`` ("n below protocol" for fewer volumes than the protocol
+names), the extractor, protocol and the weights' SHA-256. The real-vs-real reference row (model
+:data:`REFERENCE_MODEL`) comes first in each (dataset, resolution).
 
 A row never mixes provenances: samples made from another checkpoint than the run's final one,
 or metrics computed on another sample set than the one in ``samples/``, are an error.
@@ -24,10 +27,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from eval.significance import share_ranks
 from wdm.io import InputError, atomic_path
 from wdm.oom import STATUS_OK, STATUS_OOM, read_status
 
-__all__ = ["COLUMNS", "REFERENCE_MODEL", "OOM", "table_row", "build_table", "write_table"]
+__all__ = ["COLUMNS", "REFERENCE_MODEL", "OOM", "table_row", "build_table", "add_ranks", "write_table"]
 
 #: what the cells of a model that ran out of memory read, in place of numbers.
 OOM = "OOM"
@@ -41,18 +45,31 @@ COLUMNS: tuple[str, ...] = (
     "resolution",
     "model",
     "status",
+    "rank",
     "fid",
     "fid_ci_low",
     "fid_ci_high",
+    "fid_inf",
+    "kid",
+    "kid_ci_low",
+    "kid_ci_high",
     "mmd",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "frd",
     "ms_ssim",
     "ms_ssim_ci_low",
     "ms_ssim_ci_high",
     "ms_ssim_se",
     "ms_ssim_pairs",
     "ms_ssim_scales",
+    "memorisation_feature",
+    "memorisation_voxel",
     "n_real",
     "n_fake",
+    "protocol_note",
     "feature_extractor",
     "protocol",
     "weights_sha256",
@@ -68,9 +85,11 @@ COLUMNS: tuple[str, ...] = (
 )
 
 #: cells that read OOM in the row of a model that ran out of memory at any stage.
-METRIC_COLUMNS: tuple[str, ...] = ("fid", "fid_ci_low", "fid_ci_high", "mmd", "ms_ssim",
-                                   "ms_ssim_ci_low", "ms_ssim_ci_high", "ms_ssim_se",
-                                   "ms_ssim_pairs", "ms_ssim_scales")
+METRIC_COLUMNS: tuple[str, ...] = ("fid", "fid_ci_low", "fid_ci_high", "fid_inf", "kid", "kid_ci_low",
+                                   "kid_ci_high", "mmd", "precision", "recall", "density", "coverage",
+                                   "frd", "ms_ssim", "ms_ssim_ci_low", "ms_ssim_ci_high", "ms_ssim_se",
+                                   "ms_ssim_pairs", "ms_ssim_scales", "memorisation_feature",
+                                   "memorisation_voxel")
 #: stage -> its profile cells, which read OOM when that stage ran out of memory.
 STAGE_COLUMNS: dict[str, tuple[str, ...]] = {
     "train": ("train_s_per_iteration", "train_peak_memory_gb"),
@@ -102,9 +121,11 @@ def table_row(metrics_file: str | os.PathLike) -> dict:
         "resolution": int(res) if res.isdigit() else res,
         "model": model,
         "status": STATUS_OOM if failed else STATUS_OK,
+        "rank": None,  # set across the models of a cell by add_ranks
         **{k: m.get(k) for k in METRIC_COLUMNS},
         "n_real": m.get("n_real"),
         "n_fake": m.get("n_fake"),
+        "protocol_note": m.get("protocol_note"),
         "feature_extractor": m.get("feature_extractor"),
         "protocol": m.get("protocol"),
         "weights_sha256": m.get("weights_sha256"),
@@ -141,7 +162,7 @@ def _check_one_provenance(path: Path, tp: dict, sp: dict, m: dict) -> None:
 
 
 def build_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
-    """Rows for every metrics file, sorted by dataset, resolution, reference first, model."""
+    """Rows for every metrics file, sorted by dataset, resolution, reference first, model; ranked."""
     rows = [table_row(f) for f in metrics_files]
     if not rows:
         raise InputError("no metrics files given")
@@ -149,7 +170,28 @@ def build_table(metrics_files: Iterable[str | os.PathLike]) -> pd.DataFrame:
     order = df["model"] != REFERENCE_MODEL  # the reference row first in each cell
     df = df.assign(_order=order).sort_values(["dataset", "resolution", "_order", "model"],
                                              kind="stable")
-    return df.drop(columns="_order").reset_index(drop=True)
+    return add_ranks(df.drop(columns="_order").reset_index(drop=True))
+
+
+def add_ranks(df: pd.DataFrame) -> pd.DataFrame:
+    """``rank`` of the models of each (dataset, resolution) by KID, lower first.
+
+    Models whose KID bootstrap intervals overlap share a rank (:func:`eval.significance.share_ranks`,
+    chained, competition style: 1, 1, 3); without intervals (n_bootstrap 0) the point values rank.
+    The reference row and rows without a KID (out of memory) get no rank.
+    """
+    df = df.copy()
+    df["rank"] = pd.array([None] * len(df), dtype="Int64")
+    kid = pd.to_numeric(df["kid"], errors="coerce")
+    for _, idx in df.groupby(["dataset", "resolution"]).groups.items():
+        ok = [i for i in idx if df.at[i, "model"] != REFERENCE_MODEL and pd.notna(kid[i])]
+        if not ok:
+            continue
+        lo = pd.to_numeric(df.loc[ok, "kid_ci_low"], errors="coerce").fillna(kid[ok])
+        hi = pd.to_numeric(df.loc[ok, "kid_ci_high"], errors="coerce").fillna(kid[ok])
+        for i, r in zip(ok, share_ranks(list(zip(lo, hi, strict=True))), strict=True):
+            df.at[i, "rank"] = r
+    return df
 
 
 def write_table(df: pd.DataFrame, out: str | os.PathLike) -> Path:

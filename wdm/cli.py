@@ -1,7 +1,8 @@
 """``wdm-bench``: the command line of the suite. Thin: parses arguments, calls the package.
 
-Sub-commands: prepare, train, sample, evaluate, real-stats, settings, table, figure, curves,
-compare, convert-checkpoint, profile, memory-figure (the table :data:`COMMANDS`). Exit code 0 on
+Sub-commands: prepare, train, sample, evaluate, real-stats, pairwise, fid-vs-n (these four in
+:mod:`wdm.cli_metrics`), settings, table, figure, curves, compare, convert-checkpoint, profile,
+memory-figure (the table :data:`COMMANDS`). Exit code 0 on
 success; on any error one line ``wdm-bench <command>: error: <reason>`` on stderr and exit code 1
 (2 for bad usage).
 """
@@ -12,14 +13,11 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
 
-from wdm.cli_checks import OneLineParser, at_least, n_fake, unit_interval_open
-
-if TYPE_CHECKING:
-    from wdm.config import EvaluationSettings
+from wdm.cli_checks import Command, OneLineParser, at_least, set_threads, unit_interval_open
+from wdm.cli_metrics import METRIC_COMMANDS
 
 __all__ = ["main", "build_parser", "COMMANDS", "Command"]
 
@@ -44,7 +42,7 @@ def _cmd_train(a: argparse.Namespace) -> None:
     check_run_out(a.out, data=a.data)
     # under torchrun the job's threads are shared by the processes on this machine
     procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    _set_threads(max(1, a.threads // procs) if a.threads else None)
+    set_threads(max(1, a.threads // procs) if a.threads else None)
     try:
         prof = train(a.config, a.data, a.out, resume=a.resume, stage=a.stage,
                      progress=not a.no_progress)
@@ -66,7 +64,7 @@ def _cmd_sample(a: argparse.Namespace) -> None:
         raise InputError(f"{a.run}: --run is a file, expected a run folder written by 'wdm-bench train'")
     check_run_out(a.out, data=None)
     check_device(a.device)
-    _set_threads(a.threads)
+    set_threads(a.threads)
     try:
         sample(a.run, a.n, a.seed, a.out, sampler=a.sampler, steps=a.steps, batch_size=a.batch_size,
                device=a.device, progress=not a.no_progress)
@@ -75,57 +73,6 @@ def _cmd_sample(a: argparse.Namespace) -> None:
             raise InputError(f"{a.run}: sampling.device of the run's config: {exc}; pass --device cpu "
                              "to sample on the CPU") from None
         raise
-
-
-#: evaluation settings that command-line flags may override (argparse dest = settings field).
-_OVERRIDES = ("weights", "depth", "protocol", "n_real", "seed", "batch_size", "kernel_size",
-              "max_pairs", "n_bootstrap", "ci_level")
-
-
-def _settings(a: argparse.Namespace) -> EvaluationSettings:
-    """``--config``'s evaluation section (absent: the schema's defaults), then the flags given."""
-    from wdm.config import load_evaluation_settings
-
-    return load_evaluation_settings(a.config).with_overrides(
-        **{field: getattr(a, field, None) for field in _OVERRIDES})
-
-
-def _extractor_inputs(a: argparse.Namespace) -> tuple[str | None, ...]:
-    """The files evaluate / real-stats read besides the volumes (``--out`` may be none of them)."""
-    weights = a.weights if a.weights and Path(a.weights).is_file() else None
-    return a.config, getattr(a, "real_stats", None), weights
-
-
-def _cmd_evaluate(a: argparse.Namespace) -> None:
-    from eval.evaluate import evaluate, write_metrics
-    from wdm.cli_checks import check_device, check_not_a_volume_of
-    from wdm.io import InputError, check_output
-
-    _set_threads(a.threads)
-    if a.real is None and a.real_stats is None:
-        raise InputError("give --real DIR or --real-stats FILE")
-    check_output(a.out, inputs=_extractor_inputs(a))
-    check_not_a_volume_of(a.out, (a.real, a.fake))
-    a.device = check_device(a.device)
-    settings = _settings(a)
-    n_fake = {"all": None, "config": settings.n_samples}.get(a.n_fake, a.n_fake)
-    result = evaluate(a.real, a.fake, settings, n_fake=n_fake, real_stats=a.real_stats,
-                      device=a.device)
-    write_metrics(a.out, result, settings)
-
-
-def _cmd_real_stats(a: argparse.Namespace) -> None:
-    from eval.evaluate import real_statistics, save_real_stats
-    from wdm.cli_checks import check_device, check_not_a_volume_of
-    from wdm.io import check_output
-
-    _set_threads(a.threads)
-    check_output(a.out, inputs=_extractor_inputs(a))
-    check_not_a_volume_of(a.out, (a.real,))
-    a.device = check_device(a.device)
-    stats = real_statistics(a.real, _settings(a), device=a.device)
-    save_real_stats(a.out, stats)
-    log.info("wrote %s (%d real volumes, %d features)", a.out, *stats["features"].shape)
 
 
 def _cmd_settings(a: argparse.Namespace) -> None:
@@ -262,14 +209,6 @@ def _cmd_memory_figure(a: argparse.Namespace) -> None:
     memory_figure(rows, a.out, memory_limit_gb=a.memory_limit_gb)
 
 
-def _set_threads(n: int | None) -> None:
-    """torch CPU threads: ``n`` capped at the machine's cores (more only oversubscribes them)."""
-    if n:
-        import torch
-
-        torch.set_num_threads(max(1, min(n, os.cpu_count() or n)))
-
-
 # ------------------------------------------------------------------ arguments of each command
 def _args_prepare(s: argparse.ArgumentParser) -> None:
     s.add_argument("--dataset", required=True, help="data set name, e.g. phantom-brain")
@@ -312,51 +251,6 @@ def _args_sample(s: argparse.ArgumentParser) -> None:
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     s.add_argument("--threads", type=at_least(1), default=None)
     s.add_argument("--no-progress", action="store_true")
-
-
-def _args_extractor(s: argparse.ArgumentParser) -> None:
-    """``--config`` and the feature-extractor overrides shared by evaluate and real-stats.
-
-    Every override defaults to None (= the settings file's value, else the schema's default) and
-    is validated by the schema, like the file, through ``EvaluationSettings.with_overrides``.
-    """
-    s.add_argument("--config", default=None,
-                   help="workflow config or evaluation settings file (its evaluation section; "
-                        "default: the schema's defaults); the flags below override it")
-    s.add_argument("--weights", default=None,
-                   help="MedicalNet weights: path, name, hub:NAME, auto:NAME, none")
-    s.add_argument("--depth", type=int, default=None, help="ResNet depth of the feature extractor")
-    s.add_argument("--protocol", default=None, help="evaluation protocol: wdm or hagan")
-    s.add_argument("--n-real", type=int, default=None, help="use the first N real volumes")
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--batch-size", type=int, default=None, help="feature extraction batch size")
-    s.add_argument("--device", default="cpu", help="torch device for feature extraction (cpu, cuda, "
-                   "cuda:N, auto)")
-    s.add_argument("--threads", type=at_least(1), default=None)
-
-
-def _args_evaluate(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--real", default=None, help="folder of real volumes (NIfTI, [0, 1])")
-    s.add_argument("--real-stats", default=None,
-                   help="real-feature file from 'real-stats' (replaces reading --real)")
-    s.add_argument("--fake", required=True, help="folder of generated volumes")
-    s.add_argument("--out", required=True, help="metrics JSON file")
-    _args_extractor(s)
-    s.add_argument("--n-fake", type=n_fake, default="all", metavar="{N,all,config}",
-                   help="require and use the first N fakes; all: every volume in --fake "
-                        "(default); config: evaluation.n_samples of the settings")
-    s.add_argument("--kernel-size", type=int, default=None, help="MS-SSIM Gaussian window")
-    s.add_argument("--max-pairs", type=int, default=None,
-                   help="MS-SSIM on a random subset of this many pairs (default: all)")
-    s.add_argument("--n-bootstrap", type=int, default=None, help="bootstrap resamples (0: no CI)")
-    s.add_argument("--ci-level", type=float, default=None,
-                   help="level of the bootstrap intervals, in (0, 1)")
-
-
-def _args_real_stats(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--real", required=True, help="folder of real volumes (NIfTI, [0, 1])")
-    s.add_argument("--out", required=True, help="output .npz file")
-    _args_extractor(s)
 
 
 def _args_settings(s: argparse.ArgumentParser) -> None:
@@ -422,23 +316,11 @@ def _args_memory_figure(s: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------ the command table
-class Command(NamedTuple):
-    """One sub-command: its name, help line, argument declarations and implementation."""
-
-    name: str
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], None]
-
-
 COMMANDS: tuple[Command, ...] = (
     Command("prepare", "build or preprocess a data set into a data folder", _args_prepare, _cmd_prepare),
     Command("train", "train a model from a data folder into a run folder", _args_train, _cmd_train),
     Command("sample", "sample N volumes from a trained run", _args_sample, _cmd_sample),
-    Command("evaluate", "FID, MMD and MS-SSIM diversity of generated volumes", _args_evaluate,
-            _cmd_evaluate),
-    Command("real-stats", "extract and cache the real volumes' features", _args_real_stats,
-            _cmd_real_stats),
+    *METRIC_COMMANDS,
     Command("settings", "validate a config section (JSON) and write it resolved as YAML",
             _args_settings, _cmd_settings),
     Command("table", "collect metrics into the comparison table", _args_table, _cmd_table),

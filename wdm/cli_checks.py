@@ -11,12 +11,12 @@ import argparse
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from wdm.io import InputError, check_writable
 
-__all__ = ["OneLineParser", "at_least", "n_fake", "unit_interval_open", "check_device", "check_run_out",
-           "check_not_a_volume_of", "existing_folder", "name_source"]
+__all__ = ["Command", "set_threads", "OneLineParser", "at_least", "n_fake", "unit_interval_open",
+           "check_device", "check_run_out", "check_not_a_volume_of", "existing_folder", "name_source"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -149,3 +149,20 @@ def name_source(exc: InputError, source: str | os.PathLike, paths: Iterable[str 
     if names_one and not any(phrase in msg for phrase in config_phrases):
         return exc
     return InputError(f"{source}: {msg}")
+
+
+def set_threads(n: int | None) -> None:
+    """torch CPU threads: ``n`` capped at the machine's cores (more only oversubscribes them)."""
+    if n:
+        import torch
+
+        torch.set_num_threads(max(1, min(n, os.cpu_count() or n)))
+
+
+class Command(NamedTuple):
+    """One sub-command: its name, help line, argument declarations and implementation."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]

@@ -262,6 +262,15 @@ class EvaluationSettings:
     max_pairs: int | None
     n_bootstrap: int
     ci_level: float
+    kid_subsets: int
+    kid_subset_size: int | None
+    fid_inf_points: int
+    prdc_k: int
+    memorisation_quantile: float
+    pairwise_bootstrap: int
+    bootstrap_kid_subsets: int
+    frd: str
+    allow_small_n: bool
 
     @classmethod
     def from_mapping(cls, raw: dict | None, source: str = "evaluation") -> EvaluationSettings:

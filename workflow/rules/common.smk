@@ -64,7 +64,7 @@ SAMPLE_SHELL = (
 # EVALUATE: the evaluation section travels as one validated settings file (rule evaluation_settings).
 EVALUATE_SHELL = (
     "wdm-bench evaluate --config {input.settings:q} --real-stats {input.real_stats:q} "
-    "--fake {params.fake:q} --out {output.metrics:q} --n-fake {params.n_fake} "
+    "--fake {params.fake:q} --out {output.metrics:q} --n-fake {params.n_fake} {params.extra} "
     "--threads {threads} > {log:q} 2>&1"
 )
 SETTINGS = "results/settings/evaluation.yaml"
@@ -205,6 +205,8 @@ def figure_targets():
         out.append(f"results/figures/samples_{d}_{r}.png")
         out += [f"results/figures/samples_{d}_{r}_{m}.png" for m in active_models()]
         out.append(f"results/figures/loss_{d}_{r}.png")
+        out.append(f"results/figures/fid_vs_n_{d}_{r}.png")
+        out += [f"results/figures/nearest_{d}_{r}_{m}.png" for m in active_models()]
         if sweep_models():
             out.append(f"results/figures/fid_vs_steps_{d}_{r}.png")
     return out + list(REPORT_FIGURES)

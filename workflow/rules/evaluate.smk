@@ -50,16 +50,24 @@ rule real_features:
 
 
 rule evaluate:
-    """FID, MMD (MedicalNet features) and MS-SSIM diversity of evaluation.n_samples of {model}'s samples."""
+    """Every metric of evaluation.n_samples of {model}'s samples; its features; its memorisation check."""
     input:
         samples="results/{dataset}/{res}/{model}/samples/sample_profile.json",
         real_stats=REAL_STATS,
         settings=SETTINGS,
+        test_features="results/{dataset}/{res}/reference/features.npz",
     output:
         metrics="results/{dataset}/{res}/{model}/metrics.json",
+        features="results/{dataset}/{res}/{model}/features.npz",
+        memorisation="results/{dataset}/{res}/{model}/memorisation.csv",
+        nearest="results/figures/nearest_{dataset}_{res}_{model}.png",
     params:
         fake=lambda w: f"results/{w.dataset}/{w.res}/{w.model}/samples",
         n_fake="config",
+        extra=lambda w, input, output: (
+            f"--test-features {input.test_features} --features-out {output.features} "
+            f"--memorisation-out {output.memorisation} --nearest-figure {output.nearest}"
+        ),
     log:
         "logs/{dataset}/{res}/{model}/evaluate.log",
     benchmark:
@@ -82,9 +90,11 @@ rule reference_metrics:
         settings=SETTINGS,
     output:
         metrics="results/{dataset}/{res}/reference/metrics.json",
+        features="results/{dataset}/{res}/reference/features.npz",
     params:
         fake=lambda w: f"data/{w.dataset}/{w.res}/test",
         n_fake="all",
+        extra=lambda w, output: f"--features-out {output.features}",
     log:
         "logs/{dataset}/{res}/reference/evaluate.log",
     benchmark:
@@ -100,3 +110,54 @@ rule reference_metrics:
 
 
 ruleorder: reference_metrics > evaluate
+
+
+rule pairwise:
+    """Paired bootstrap of the FID and KID differences of every two sets of each (dataset, res)."""
+    input:
+        real=lambda w: [REAL_STATS.format(dataset=d, res=r) for d, r in all_cells()],
+        sets=lambda w: [
+            f"results/{d}/{r}/{m}/features.npz" for d, r in all_cells() for m in ["reference", *active_models()]
+        ],
+        settings=SETTINGS,
+    output:
+        "results/pairwise.csv",
+    params:
+        real=lambda w: " ".join(f"{d}/{r}={REAL_STATS.format(dataset=d, res=r)}" for d, r in all_cells()),
+        sets=lambda w: " ".join(
+            f"{d}/{r}/{m}=results/{d}/{r}/{m}/features.npz"
+            for d, r in all_cells()
+            for m in ["reference", *active_models()]
+        ),
+    log:
+        "logs/pairwise.log",
+    benchmark:
+        "benchmarks/pairwise.tsv"
+    threads: config["threads"]
+    conda:
+        "../envs/wdm.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "wdm-bench pairwise --config {input.settings:q} --real {params.real} --set {params.sets} "
+        "--out {output:q} --threads {threads} --no-progress > {log:q} 2>&1"
+
+
+rule fid_vs_n:
+    """FID against 1/N of every set of a (dataset, res), with its FID-infinity fit."""
+    input:
+        metrics=lambda w: [f"results/{w.dataset}/{w.res}/{m}/metrics.json" for m in ["reference", *active_models()]],
+    output:
+        "results/figures/fid_vs_n_{dataset}_{res}.png",
+    log:
+        "logs/{dataset}/{res}/fid_vs_n.log",
+    benchmark:
+        "benchmarks/{dataset}/{res}/fid_vs_n.tsv"
+    conda:
+        "../envs/wdm.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "wdm-bench fid-vs-n --metrics {input.metrics:q} --out {output:q} > {log:q} 2>&1"

@@ -128,6 +128,7 @@ rule evaluate_steps:
     params:
         fake=lambda w: f"results/{w.dataset}/{w.res}/{w.model}/steps/{w.sampler}_{w.steps}",
         n_fake=_SWEEP["n_samples"],
+        extra="",
     wildcard_constraints:
         model=models_regex(),
         sampler="ddpm|ddim",

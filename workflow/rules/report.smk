@@ -44,6 +44,7 @@ rule table1:
             for m in ["reference", *active_models()]
         ],
         figures=lambda w: report_targets([f"results/figures/samples_{d}_{r}.png" for d, r in all_cells()]),
+        pairwise="results/pairwise.csv",  # built beside the table: which differences are significant
     output:
         report(
             "results/table1.csv",
