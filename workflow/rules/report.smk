@@ -109,11 +109,13 @@ rule readme_results:
     input:
         table="results/table1.csv",
         vs_paper="results/table1_vs_paper.csv",
+        pairwise="results/pairwise.csv",
         figures=lambda w: figure_targets(),
         sweeps=lambda w: [f"results/{d}/{r}/fid_vs_steps.csv" for d, r in all_cells() if sweep_models()],
     output:
         table="results/readme/table1.csv",
         vs_paper="results/readme/table1_vs_paper.csv",
+        pairwise="results/readme/pairwise.csv",
     params:
         copy_sweeps=lambda w: "".join(
             f"cp results/{d}/{r}/fid_vs_steps.csv results/readme/fid_vs_steps_{d}_{r}.csv && "
@@ -132,5 +134,6 @@ rule readme_results:
     shell:
         "(mkdir -p results/readme/figures && cp {input.figures:q} results/readme/figures/ && "
         "{params.copy_sweeps} "
-        "cp {input.vs_paper:q} {output.vs_paper:q} && cp {input.table:q} {output.table:q}) "
+        "cp {input.vs_paper:q} {output.vs_paper:q} && cp {input.pairwise:q} {output.pairwise:q} && "
+        "cp {input.table:q} {output.table:q}) "
         "> {log:q} 2>&1"
