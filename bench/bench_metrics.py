@@ -29,7 +29,7 @@ load average after each metric (other processes on the machine inflate the times
 defaults on 2 cores: ~8 min at N = 1000 (the reference bootstrap interval alone: 3 × ~1 min) and
 ~10 min at N = 2048 for 3 repeats, when the machine is otherwise idle.
 
-Run:  python bench/bench_metrics.py [--sizes 1000 2048] [--dim 2048] [--repeats 3]
+Run:  python bench/bench_metrics.py [--sizes 1000 2048] [--dim 2048] [--repeats 3] [--only METRIC ...]
 """
 
 from __future__ import annotations
@@ -132,6 +132,8 @@ def _time_size(n: int, a: argparse.Namespace) -> list[dict[str, Any]]:
     fid_from_features(feats["real"], feats["fake_a"])  # untimed: first touch of the arrays
     rows = []
     for name, fn in _cases(feats):
+        if a.only and name not in a.only:
+            continue
         out: dict[str, Any] = {}
         times, timed = _measure(name, fn, n >= a.dim, a, out)
         st = summarize(times)
@@ -152,6 +154,8 @@ def _totals(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     out = []
     for ci in ("fid_bootstrap_ci", "fast_fid_bootstrap_ci"):
         names = (*SET, ci)
+        if not set(names) <= set(by_name):  # --only: no total of a partial set
+            continue
         out.append({"metric": f"total (set + {ci})", "n": n,
                     "median_s": sum(by_name[m]["median_s"] for m in names),
                     "extrapolated": any(by_name[m]["extrapolated"] for m in names)})
@@ -167,9 +171,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="resamples timed for eval.metrics.fid_bootstrap_ci when N >= F (a divisor of 200)")
     p.add_argument("--large-replicates", type=int, default=100,
                    help="replicates timed for the paired bootstraps when N >= F (a divisor of 1000)")
+    p.add_argument("--only", nargs="+", default=None, metavar="METRIC",
+                   help="time only these metrics (no totals unless the whole set is timed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="metrics", help="CSV path, or a name under results/bench/")
     a = p.parse_args(argv)
+    known = [name for name, _ in _cases(_features(2, 2, 0))]
+    if a.only and set(a.only) - set(known):
+        p.error(f"--only {sorted(set(a.only) - set(known))}: unknown, expected some of {known}")
     if a.repeats < MIN_REPEATS:
         p.error(f"--repeats must be >= {MIN_REPEATS}, got {a.repeats}")
     if min(a.sizes) < 10:

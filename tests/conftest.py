@@ -35,3 +35,10 @@ def tiny_config(tmp_path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY_RUN))
     return path
+
+
+@pytest.fixture()
+def isolated_hub(tmp_path, monkeypatch) -> None:
+    """No real MedicalNet weights or hub cache leak into a test (``usefixtures("isolated_hub")``)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv("WDM_MEDICALNET_DIR", raising=False)

@@ -12,11 +12,14 @@ import pytest
 import yaml
 
 from eval.evaluate import PROTOCOLS
-from tests.test_evaluate import _folder, _isolated_hub  # noqa: F401 (an autouse fixture)
+from tests.test_evaluate import _folder
 from wdm.cli import main
 from wdm.config import EvaluationSettings, load_evaluation_settings, load_schema
 
 WORKFLOW_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+
+#: no real MedicalNet weights or hub cache leak into these tests (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("isolated_hub")
 
 #: the tiny evaluation: no MedicalNet, a small network, window and bootstrap.
 TINY = {"weights": None, "depth": 10, "kernel_size": 3, "n_bootstrap": 20, "seed": 0}

@@ -38,10 +38,8 @@ def _folder(path, n, seed, shape=(SIDE, SIDE, SIDE), scale=1.0):
     return path
 
 
-@pytest.fixture(autouse=True)
-def _isolated_hub(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv("WDM_MEDICALNET_DIR", raising=False)
+#: no real MedicalNet weights or hub cache leak into these tests (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("isolated_hub")
 
 
 @pytest.fixture

@@ -40,11 +40,8 @@ def _write_checkpoint(path, model, *, rename: tuple[str, str] | None = None,
     return path
 
 
-@pytest.fixture(autouse=True)
-def _isolated_hub(tmp_path, monkeypatch):
-    """No real MedicalNet weights or hub cache leak into these tests."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv("WDM_MEDICALNET_DIR", raising=False)
+#: no real MedicalNet weights or hub cache leak into these tests (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("isolated_hub")
 
 
 @pytest.mark.parametrize("depth,dim", [(10, 512), (50, 2048)])

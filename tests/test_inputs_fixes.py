@@ -19,11 +19,8 @@ from wdm.data import phantom
 from wdm.data.prepare import prepare, split_files, verify_manifest
 from wdm.io import InputError, save_nifti
 
-
-@pytest.fixture(autouse=True)
-def _isolated_hub(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv("WDM_MEDICALNET_DIR", raising=False)
+#: no real MedicalNet weights or hub cache leak into these tests (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("isolated_hub")
 
 
 def _settings(**values) -> EvaluationSettings:

@@ -43,10 +43,8 @@ def _blobs(path, names, seed, shift=0.0):
     return path
 
 
-@pytest.fixture(autouse=True)
-def _isolated_hub(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv("WDM_MEDICALNET_DIR", raising=False)
+#: no real MedicalNet weights or hub cache leak into these tests (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("isolated_hub")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from wdm.cli_checks import Command, OneLineParser, at_least, set_threads, unit_interval_open
+from wdm.cli_checks import Command, OneLineParser, at_least, named_values, set_threads, unit_interval_open
 from wdm.cli_metrics import METRIC_COMMANDS
 
 __all__ = ["main", "build_parser", "COMMANDS", "Command"]
@@ -110,23 +110,8 @@ def _cmd_figure(a: argparse.Namespace) -> None:
     from wdm.io import check_output
 
     check_output(a.out)
-    sources: dict[str, str] = {"real": a.real, **_pairs(a.fake, "--fake")}
+    sources: dict[str, str] = {"real": a.real, **named_values(a.fake, "--fake")}
     sample_grid(sources, a.out, n=a.n, title=a.title)
-
-
-def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
-    """``NAME=VALUE`` arguments as a dict (an InputError names the flag on a malformed item)."""
-    from wdm.io import InputError
-
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value:
-            raise InputError(f"{flag} {item!r}: expected NAME=VALUE")
-        if name in out:
-            raise InputError(f"{flag} {item!r}: name {name!r} given twice, expected each once")
-        out[name] = value
-    return out
 
 
 def _cmd_curves(a: argparse.Namespace) -> None:
@@ -135,7 +120,7 @@ def _cmd_curves(a: argparse.Namespace) -> None:
     from wdm.io import atomic_path, check_output
 
     if a.kind == "loss":
-        runs = _pairs(a.run, "--run")
+        runs = named_values(a.run, "--run")
         check_output(a.out, inputs=tuple(Path(r) / "loss.csv" for r in runs.values()))
         for name, run in runs.items():
             existing_folder(run, f"--run {name}")
@@ -155,7 +140,7 @@ def _cmd_compare(a: argparse.Namespace) -> None:
     from eval.compare import compare_to_paper, load_reference, load_table
     from wdm.io import atomic_path, check_output
 
-    paper_datasets = _pairs(a.paper_dataset, "--paper-dataset")
+    paper_datasets = named_values(a.paper_dataset, "--paper-dataset")
     check_output(a.out, inputs=(a.table, a.reference))
     df = compare_to_paper(load_table(a.table), load_reference(a.reference), paper_datasets)
     with atomic_path(a.out) as tmp:

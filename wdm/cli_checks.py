@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple, NoReturn
 
 from wdm.io import InputError, check_writable
 
-__all__ = ["Command", "set_threads", "OneLineParser", "at_least", "n_fake", "unit_interval_open",
-           "check_device", "check_run_out", "check_not_a_volume_of", "existing_folder", "name_source"]
+__all__ = ["Command", "set_threads", "named_values", "OneLineParser", "at_least", "n_fake",
+           "unit_interval_open", "check_device", "check_run_out", "check_not_a_volume_of", "existing_folder",
+           "name_source"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -166,3 +167,18 @@ class Command(NamedTuple):
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], None]
+
+
+def named_values(items: Sequence[str], flag: str) -> dict[str, str]:
+    """``NAME=VALUE`` arguments as a dict (an InputError names the flag on a malformed item)."""
+    from wdm.io import InputError
+
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise InputError(f"{flag} {item!r}: expected NAME=VALUE")
+        if name in out:
+            raise InputError(f"{flag} {item!r}: name {name!r} given twice, expected each once")
+        out[name] = value
+    return out

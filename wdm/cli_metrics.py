@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wdm.cli_checks import Command, at_least, n_fake, set_threads
+from wdm.cli_checks import Command, at_least, n_fake, named_values, set_threads
 
 if TYPE_CHECKING:
     from wdm.config import EvaluationSettings
@@ -101,26 +101,12 @@ def _cmd_real_stats(a: argparse.Namespace) -> None:
     log.info("wrote %s (%d real volumes, %d features)", a.out, *stats["features"].shape)
 
 
-def _named(items: list[str], flag: str) -> dict[str, str]:
-    from wdm.io import InputError
-
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise InputError(f"{flag} {item!r}: expected NAME=FILE")
-        if name in out:
-            raise InputError(f"{flag}: {name!r} given twice")
-        out[name] = path
-    return out
-
-
 def _cmd_pairwise(a: argparse.Namespace) -> None:
     from eval.pairwise import pairwise_table, write_pairwise
     from wdm.io import check_output
 
     set_threads(a.threads)
-    real, sets = _named(a.real, "--real"), _named(a.set, "--set")
+    real, sets = named_values(a.real, "--real"), named_values(a.set, "--set")
     check_output(a.out, inputs=(a.config, *real.values(), *sets.values()))
     df = pairwise_table(real, sets, _settings(a), progress=not a.no_progress)
     write_pairwise(df, a.out)
