@@ -199,15 +199,11 @@ def real_statistics(real_dir: str | os.PathLike, settings: EvaluationSettings, *
         raise InputError(f"{real_dir}: need at least 2 real volumes, got {len(files)}")
     shape = tuple(_load_checked(files[0], None).shape)
     feats = ext.features(_stream(files, shape), settings.batch_size, device)
-    meta = {**ext.identity(), "seed": settings.seed, "shape": list(shape), "real_dir": str(real_dir),
-            "n_real": len(files), "files": [f.name for f in files],
-            "files_sha256": [sha256_file(f) for f in files], "code_version": code_version()}
-    out = {"features": feats, "mu": feats.mean(0), "sigma": np.cov(feats, rowvar=False, ddof=1),
-           "meta": meta}
+    out = _set_stats(feats, ext, settings, shape, files, real_dir=str(real_dir))
     backend = _frd_backend(settings)
     if backend is not None:  # the real side of FRD, extracted once like the features
-        out["radiomics"] = _radiomics(files, shape)
-        meta["radiomics_backend"] = backend
+        out["radiomics"] = _radiomics(np.stack([_load_checked(f, shape) for f in files]))
+        out["meta"]["radiomics_backend"] = backend
     return out
 
 
@@ -286,7 +282,8 @@ def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike,
     test = _test_set(test_features, ext, shape)
     feats_fake = ext.features(fakes, settings.batch_size, device)
     if features_out is not None:
-        save_real_stats(features_out, _set_stats(feats_fake, ext, settings, shape, fake_dir, fake_files))
+        save_real_stats(features_out, _set_stats(feats_fake, ext, settings, shape, fake_files,
+                                                 role="evaluated", source_dir=str(fake_dir)))
     scores = {**feature_scores(feats_real, feats_fake, settings), "feature_dim": feats_real.shape[1]}
     scores.update(_diversity(fakes, scales, settings))
     if test is not None:
@@ -294,7 +291,7 @@ def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike,
         scores.update(memorisation(fakes, [f.name for f in fake_files], feats_fake, train, test,
                                    lambda p: _load_checked(p, shape),
                                    quantile=settings.memorisation_quantile))
-    scores.update(_frd_scores(settings, real_cache, str(real_stats or real_dir), fake_files, shape))
+    scores.update(_frd_scores(settings, real_cache, str(real_stats or real_dir), fakes, shape))
     logger.info("FID %.6g [%s, %s], KID %.4g [%s, %s] (%s, protocol %s), MS-SSIM %.4f over %d pairs",
                 scores["fid"], scores["fid_ci_low"], scores["fid_ci_high"], scores["kid"],
                 scores["kid_ci_low"], scores["kid_ci_high"], ext.label, settings.protocol,
@@ -375,10 +372,12 @@ def _test_set(test_features: str | os.PathLike | None, ext: _Extractor,
 
 
 def _set_stats(feats: np.ndarray, ext: _Extractor, settings: EvaluationSettings,
-               shape: tuple[int, ...], folder: str | os.PathLike, files: Sequence[Path]) -> dict[str, Any]:
-    """An evaluated set's features in the format of :func:`real_statistics` (``n_real`` = rows)."""
-    meta = {**ext.identity(), "seed": settings.seed, "shape": list(shape), "role": "evaluated",
-            "source_dir": str(folder), "n_real": len(files), "files": [f.name for f in files],
+               shape: tuple[int, ...], files: Sequence[Path], **where: str) -> dict[str, Any]:
+    """A feature file's content for the volumes ``files`` (``n_real`` = rows): features (N, F), their
+    mean and covariance, and the provenance; ``where`` names the folder (``real_dir=`` for real
+    statistics, ``role="evaluated", source_dir=`` for an evaluated set)."""
+    meta = {**ext.identity(), "seed": settings.seed, "shape": list(shape), **where,
+            "n_real": len(files), "files": [f.name for f in files],
             "files_sha256": [sha256_file(f) for f in files], "code_version": code_version()}
     return {"features": feats, "mu": feats.mean(0), "sigma": np.cov(feats, rowvar=False, ddof=1),
             "meta": meta}
@@ -413,8 +412,8 @@ def _frd_backend(settings: EvaluationSettings) -> str | None:
     return info if ok else None
 
 
-def _radiomics(files: Sequence[Path], shape: tuple[int, ...]) -> np.ndarray:
-    """frd-score's radiomic features (N, F) of volume files, on their voxel grid as 1 mm voxels.
+def _radiomics(volumes: np.ndarray) -> np.ndarray:
+    """frd-score's radiomic features (N, F) of volumes (N, D, H, W), on their grid as 1 mm voxels.
 
     frd-score resamples to 2 mm: with the header's voxel size a 32³ phantom (5.5 mm voxels) would
     be upsampled to 88³ (10 s a volume); as 1 mm voxels every data set is analysed at half its grid
@@ -422,11 +421,11 @@ def _radiomics(files: Sequence[Path], shape: tuple[int, ...]) -> np.ndarray:
     """
     from eval.frd import radiomics_features
 
-    return radiomics_features(np.stack([_load_checked(f, shape) for f in files]), spacing=1.0)
+    return radiomics_features(volumes, spacing=1.0)
 
 
 def _frd_scores(settings: EvaluationSettings, real_cache: dict[str, Any], what: str,
-                fake_files: Sequence[Path], shape: tuple[int, ...]) -> dict[str, Any]:
+                fakes: np.ndarray, shape: tuple[int, ...]) -> dict[str, Any]:
     """FRD (Konz et al. 2024) of the real (training) and generated volumes, or None with the reason.
 
     The real side comes from the real-feature file when it holds radiomic features of the same
@@ -440,8 +439,9 @@ def _frd_scores(settings: EvaluationSettings, real_cache: dict[str, Any], what: 
         return {"frd": None, "frd_features": None, "frd_backend": why}
     real = real_cache.get("radiomics")
     if real is None or real_cache["meta"].get("radiomics_backend") != backend:
-        real = _radiomics(train_files_of(real_cache["meta"], what), shape)
-    r = frd_from_features(real, _radiomics(fake_files, shape))
+        train = train_files_of(real_cache["meta"], what)
+        real = _radiomics(np.stack([_load_checked(f, shape) for f in train]))
+    r = frd_from_features(real, _radiomics(fakes))
     return {"frd": r["frd"], "frd_features": r["n_features"], "frd_backend": r["backend"]}
 
 
