@@ -232,13 +232,17 @@ def _draw_pair_row(fig: Any, gs: Any, r: int, p: Mapping) -> None:
 
 
 def _build_nearest(pairs: Sequence[Mapping], *, title: str, protocol_note: str, max_rows: int = 8,
-                   n_generated: int | None = None, threshold: float | None = None) -> Any:
+                   n_generated: int | None = None, threshold: float | None = None,
+                   n_total: int | None = None) -> Any:
     """The nearest-training-volume figure; see :func:`nearest_figure`."""
     if not isinstance(max_rows, int) or max_rows < 1:
         raise InputError(f"max_rows must be an integer >= 1, got {max_rows!r}")
     checked = [_check_pair(i, p) for i, p in enumerate(pairs)]
+    if n_total is not None and n_total < len(checked):
+        raise InputError(f"n_total must be >= the {len(checked)} pairs given, got {n_total}")
+    total = len(checked) if n_total is None else n_total
     plt = _plt()
-    note = _subtitle(protocol_note, len(checked), n_generated, threshold)
+    note = _subtitle(protocol_note, total, n_generated, threshold)
     if not checked:
         fig = plt.figure(figsize=(8, 2.6))
         ax = fig.add_subplot(1, 1, 1)
@@ -250,7 +254,7 @@ def _build_nearest(pairs: Sequence[Mapping], *, title: str, protocol_note: str, 
         return fig
     shown = checked[:max_rows]
     n = len(shown)
-    more = len(checked) - n
+    more = total - n
     fig = plt.figure(figsize=(11, 1.55 * n + 1.5 + 0.3 * (more > 0)))
     bottom = 0.3 / fig.get_figheight() if more else 0.0
     gs = fig.add_gridspec(n, 7, width_ratios=[1, 1, 1, 0.15, 1, 1, 1], left=0.2, right=0.99,
@@ -266,7 +270,8 @@ def _build_nearest(pairs: Sequence[Mapping], *, title: str, protocol_note: str, 
 
 
 def nearest_figure(pairs: Sequence[Mapping], out: str | os.PathLike, *, title: str, protocol_note: str,
-                   max_rows: int = 8, n_generated: int | None = None, threshold: float | None = None) -> Path:
+                   max_rows: int = 8, n_generated: int | None = None, threshold: float | None = None,
+                   n_total: int | None = None) -> Path:
     """Suspected copies beside their nearest training volumes, as three central slices each.
 
     Each pair: ``{"fake_name", "train_name", "fake" (D, H, W) in [0, 1], "train" (D, H, W),
@@ -276,7 +281,9 @@ def nearest_figure(pairs: Sequence[Mapping], out: str | os.PathLike, *, title: s
     al. 2020 for the held-out threshold). One row per pair, at most ``max_rows`` (then the figure
     says how many more are in ``memorisation.csv``); one [0, 1] grey scale throughout. No pairs: a
     figure that says no memorisation was suspected. ``n_generated`` and ``threshold``, when given,
-    go into the subtitle with ``protocol_note``. Raises :class:`InputError` for a bad pair field.
+    go into the subtitle with ``protocol_note``. ``n_total``: how many suspects there are when
+    only the first few ``pairs`` are given (the rest are counted, not drawn; None = len(pairs)).
+    Raises :class:`InputError` for a bad pair field.
     """
     return _save(_build_nearest(pairs, title=title, protocol_note=protocol_note, max_rows=max_rows,
-                                n_generated=n_generated, threshold=threshold), out)
+                                n_generated=n_generated, threshold=threshold, n_total=n_total), out)

@@ -134,7 +134,6 @@ def write_nearest_figure(out: str | os.PathLike, result: Mapping[str, Any], *, t
               "space": "voxel (1-NCC)" if r["space"] == "voxel" else "feature",
               "fake": load(Path(result["fake_dir"]) / r["fake_file"]),
               "train": load(Path(result["real_dir"]) / r["train_file"])} for r in rows[:8]]
-    pairs += [{**pairs[-1], "fake_name": r["fake_file"]} for r in rows[8:]]  # counted, not drawn
     n = result.get("n_fake") or 0
     counts = "; ".join(
         f"{space}: {sum(r['space'] == space for r in rows)} of {n} below "
@@ -143,4 +142,4 @@ def write_nearest_figure(out: str | os.PathLike, result: Mapping[str, Any], *, t
     note = (f"{protocol_line(result)} · threshold: the {result.get('memorisation_quantile')} quantile "
             "of test-to-train distances")
     return nearest_figure(pairs, out, title=title, protocol_note=note,
-                          n_generated=n if not rows else None)
+                          n_generated=n if not rows else None, n_total=len(rows))

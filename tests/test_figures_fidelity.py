@@ -123,6 +123,17 @@ def test_nearest_truncates():
         _plt().close(fig)
 
 
+def test_nearest_counts_suspects_it_was_not_given():
+    fig = _build_nearest([_pair(i) for i in range(2)], title="t", protocol_note=NOTE, n_total=11)
+    try:
+        assert len(fig.axes) == 2 * 6
+        assert "+9 more, see memorisation.csv" in _texts(fig)
+    finally:
+        _plt().close(fig)
+    with pytest.raises(InputError, match="n_total must be >= the 2 pairs given, got 1"):
+        _build_nearest([_pair(i) for i in range(2)], title="t", protocol_note=NOTE, n_total=1)
+
+
 def test_nearest_empty(tmp_path):
     fig = _build_nearest([], title="t", protocol_note=NOTE, n_generated=64, threshold=0.05)
     try:
