@@ -210,10 +210,7 @@ def real_statistics(real_dir: str | os.PathLike, settings: EvaluationSettings, *
 def _check_cache(path: str | os.PathLike, cache: dict[str, Any], ext: _Extractor,
                  shape: tuple[int, ...], n_real: int | None) -> None:
     meta = cache["meta"]
-    for key, want in ext.identity().items():
-        if meta.get(key) != want:
-            raise InputError(f"{path}: field {key!r} is {meta.get(key)!r}, but this evaluation "
-                             f"uses {want!r}; recompute it with 'wdm-bench real-stats'")
+    check_same_extractor(path, meta, ext.identity(), "this evaluation")
     cached_shape = meta.get("shape")
     if not isinstance(cached_shape, list) or tuple(cached_shape) != shape:
         raise InputError(f"{path}: field 'shape' is {meta.get('shape')}, but the generated "
@@ -364,10 +361,7 @@ def _test_set(test_features: str | os.PathLike | None, ext: _Extractor,
     if test_features is None:
         return None
     cache = load_real_stats(test_features)
-    check_same_extractor(test_features, cache["meta"], ext.identity(), "this evaluation")
-    if tuple(cache["meta"].get("shape") or ()) != shape:
-        raise InputError(f"{test_features}: field 'shape' is {cache['meta'].get('shape')}, but the "
-                         f"generated volumes are {list(shape)}")
+    _check_cache(test_features, cache, ext, shape, None)
     return train_files_of(cache["meta"], str(test_features)), cache["features"]
 
 
