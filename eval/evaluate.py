@@ -284,10 +284,8 @@ def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike,
     scores = {**feature_scores(feats_real, feats_fake, settings), "feature_dim": feats_real.shape[1]}
     scores.update(_diversity(fakes, scales, settings))
     if test is not None:
-        train = (train_files_of(real_meta, str(real_stats or real_dir)), feats_real)
-        scores.update(memorisation(fakes, [f.name for f in fake_files], feats_fake, train, test,
-                                   lambda p: _load_checked(p, shape),
-                                   quantile=settings.memorisation_quantile))
+        scores.update(_memorisation(fakes, fake_files, feats_fake, real_cache, test,
+                                    str(real_stats or real_dir), settings.memorisation_quantile))
     scores.update(_frd_scores(settings, real_cache, str(real_stats or real_dir), fakes, shape))
     logger.info("FID %.6g [%s, %s], KID %.4g [%s, %s] (%s, protocol %s), MS-SSIM %.4f over %d pairs",
                 scores["fid"], scores["fid_ci_low"], scores["fid_ci_high"], scores["kid"],
@@ -375,6 +373,17 @@ def _set_stats(feats: np.ndarray, ext: _Extractor, settings: EvaluationSettings,
             "files_sha256": [sha256_file(f) for f in files], "code_version": code_version()}
     return {"features": feats, "mu": feats.mean(0), "sigma": np.cov(feats, rowvar=False, ddof=1),
             "meta": meta}
+
+
+def _memorisation(fakes: np.ndarray, fake_files: Sequence[Path], feats_fake: np.ndarray,
+                  real_cache: dict[str, Any], test: tuple[list[Path], np.ndarray], what: str,
+                  quantile: float) -> dict[str, Any]:
+    """:func:`eval.memorise.memorisation` of the fakes against the training volumes the real
+    features list, calibrated on the held-out ``test`` set (files, features)."""
+    shape = tuple(fakes.shape[1:])
+    train = (train_files_of(real_cache["meta"], what), real_cache["features"])
+    return memorisation(fakes, [f.name for f in fake_files], feats_fake, train, test,
+                        lambda p: _load_checked(p, shape), quantile=quantile)
 
 
 def _diversity(fakes: np.ndarray, scales: int, settings: EvaluationSettings) -> dict[str, Any]:
