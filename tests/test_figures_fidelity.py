@@ -114,22 +114,20 @@ def test_nearest_rows_and_labels(tmp_path):
     _check_png(out, 400, 800)
 
 
-def test_nearest_truncates():
-    fig = _build_nearest([_pair(i) for i in range(5)], title="t", protocol_note=NOTE, max_rows=2)
+@pytest.mark.parametrize(("given", "kw", "more"), [
+    (5, {"max_rows": 2}, "+3 more"),      # more pairs than rows
+    (2, {"n_total": 11}, "+9 more"),      # only the drawn pairs given, the rest counted
+])
+def test_nearest_truncates(given, kw, more):
+    fig = _build_nearest([_pair(i) for i in range(given)], title="t", protocol_note=NOTE, **kw)
     try:
         assert len(fig.axes) == 2 * 6
-        assert "+3 more, see memorisation.csv" in _texts(fig)
+        assert f"{more}, see memorisation.csv" in _texts(fig)
     finally:
         _plt().close(fig)
 
 
-def test_nearest_counts_suspects_it_was_not_given():
-    fig = _build_nearest([_pair(i) for i in range(2)], title="t", protocol_note=NOTE, n_total=11)
-    try:
-        assert len(fig.axes) == 2 * 6
-        assert "+9 more, see memorisation.csv" in _texts(fig)
-    finally:
-        _plt().close(fig)
+def test_nearest_total_below_pairs_given_is_refused():
     with pytest.raises(InputError, match="n_total must be >= the 2 pairs given, got 1"):
         _build_nearest([_pair(i) for i in range(2)], title="t", protocol_note=NOTE, n_total=1)
 
