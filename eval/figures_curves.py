@@ -1,4 +1,4 @@
-"""Curve figures: training losses per model, and FID against the number of sampling steps.
+"""Curve figures: training losses per model, and KID/FID against the number of sampling steps.
 
 Pure readers (:func:`read_loss_csv`, :func:`smooth`, :func:`collect_fid_vs_steps`) return
 pandas/numpy objects that the tests check by hand; the two plotting functions only draw them.
@@ -7,8 +7,12 @@ pandas/numpy objects that the tests check by hand; the two plotting functions on
   logs several), ``s_per_it``.
 - ``results/{dataset}/{res}/{model}/steps/{sampler}_{steps}/metrics.json`` (``wdm-bench
   evaluate`` of the samples in the same folder, whose ``sample_profile.json`` gives s/volume):
-  one point of the FID-against-steps sweep. Either file may carry ``"status": "oom"`` (the job ran
-  out of memory); such a point has no FID and is drawn as a marked gap.
+  one point of the sampler-steps sweep. Either file may carry ``"status": "oom"`` (the job ran
+  out of memory); such a point has no FID/KID and is drawn as a marked gap.
+
+The sweep is read through KID (Binkowski et al., ICLR 2018): its estimator is unbiased, whereas
+FID at the ~20 samples of a sweep point is dominated by its upward small-N bias, so FID
+differences between step counts mix quality with bias. FID is still drawn, flagged as such.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ __all__ = [
     "loss_figure",
     "collect_fid_vs_steps",
     "fid_vs_steps_figure",
+    "draw_fid_vs_steps",
+    "protocol_note",
 ]
 
 log = logging.getLogger(__name__)
@@ -39,7 +45,8 @@ log = logging.getLogger(__name__)
 #: columns of ``results/{dataset}/{res}/fid_vs_steps.csv``
 FID_STEPS_COLUMNS: tuple[str, ...] = (
     "dataset", "resolution", "model", "sampler", "steps", "status", "fid", "fid_ci_low",
-    "fid_ci_high", "ms_ssim", "n_fake", "s_per_volume", "sample_peak_memory_gb", "feature_extractor",
+    "fid_ci_high", "kid", "kid_ci_low", "kid_ci_high", "ms_ssim", "n_fake", "s_per_volume",
+    "sample_peak_memory_gb", "feature_extractor",
 )
 _NOT_LOSSES = {"step", "s_per_it"}
 
@@ -170,9 +177,11 @@ def collect_fid_vs_steps(metrics_files: Iterable[str | os.PathLike]) -> pd.DataF
     """One row per sweep point from ``.../{dataset}/{res}/{model}/steps/{sampler}_{steps}/metrics.json``.
 
     Dataset, resolution, model, sampler and steps come from the path; s/volume and peak memory
-    from the sibling ``sample_profile.json``. ``status`` is ``oom`` if either file says so (FID is
-    then NaN), else ``ok``. Rows are sorted by model, sampler, steps. Raises :class:`InputError`
-    for a path of another shape, or a model that samples in one pass (no steps to sweep).
+    from the sibling ``sample_profile.json``. ``status`` is ``oom`` if either file says so (FID and
+    KID are then NaN), else ``ok``. A metrics file without ``kid``/``kid_ci_*`` (written before
+    KID was reported) gives NaN in those columns. Rows are sorted by model, sampler, steps.
+    Raises :class:`InputError` for a path of another shape, or a model that samples in one pass
+    (no steps to sweep).
     """
     rows = []
     for f in metrics_files:
@@ -190,6 +199,8 @@ def collect_fid_vs_steps(metrics_files: Iterable[str | os.PathLike]) -> pd.DataF
             raise InputError(f"{path}: model {parts[-4]!r} samples in one forward pass; "
                              "it has no sampling steps to sweep")
         oom = "oom" in (str(m.get("status", "ok")).lower(), str(sp.get("status", "ok")).lower())
+        if not oom and m.get("kid") is None:
+            log.warning("%s: no KID (written before KID was reported?); its KID is NaN", path)
         res = parts[-5]
         rows.append({
             "dataset": parts[-6],
@@ -199,7 +210,8 @@ def collect_fid_vs_steps(metrics_files: Iterable[str | os.PathLike]) -> pd.DataF
             "steps": int(steps),
             "status": "oom" if oom else "ok",
             **{k: math.nan if oom else _num(m.get(k))
-               for k in ("fid", "fid_ci_low", "fid_ci_high", "ms_ssim")},
+               for k in ("fid", "fid_ci_low", "fid_ci_high", "kid", "kid_ci_low", "kid_ci_high",
+                         "ms_ssim")},
             "n_fake": m.get("n_fake"),
             "s_per_volume": _num(sp.get("s_per_volume")),
             "sample_peak_memory_gb": _num(sp.get("peak_memory_gb")),
@@ -212,42 +224,100 @@ def collect_fid_vs_steps(metrics_files: Iterable[str | os.PathLike]) -> pd.DataF
                           kind="stable").reset_index(drop=True)
 
 
-def fid_vs_steps_figure(df: pd.DataFrame, out: str | os.PathLike, *, title: str | None = None) -> Path:
-    """Left: FID (95% CI bars) against sampling steps, log x; right: s/volume against steps.
+def protocol_note(df: pd.DataFrame) -> str:
+    """The evaluation protocol of a sweep: feature extractor label(s) and samples per point.
 
-    DDIM points of a model are joined by a line; DDPM points (the ancestral sampler, normally at
-    the full T = 1000) get a distinct star marker. Out-of-memory points are marked ``OOM`` at
-    the bottom of the FID panel.
+    Read from the ``feature_extractor`` and ``n_fake`` columns of the points that ran (``status``
+    ``ok``; every point if none did), e.g. ``"features: untrained-resnet50 (NOT MedicalNet),
+    N = 20 per point"``. A sweep mixing extractors lists them all and a mixed N gives its range.
+    """
+    ran = df[df["status"] != "oom"] if (df["status"] != "oom").any() else df
+    extractors = sorted({str(e) for e in ran["feature_extractor"].dropna()})
+    n = pd.to_numeric(ran["n_fake"], errors="coerce").dropna().astype(int)
+    parts = []
+    if extractors:
+        parts.append("features: " + " / ".join(extractors))
+    if len(n):
+        span = str(n.iloc[0]) if n.nunique() == 1 else f"{n.min()}-{n.max()}"
+        parts.append(f"N = {span} per point")
+    return ", ".join(parts)
+
+
+def _sweep_style(color: str, model: str, sampler: str) -> dict:
+    """DDIM: dots joined by a line; DDPM (ancestral, normally T = 1000): a lone star."""
+    ddpm = sampler == "ddpm"
+    return dict(color=color, marker="*" if ddpm else "o", markersize=11 if ddpm else 5,
+                linestyle="none" if ddpm else "-", label=f"{model} {sampler.upper()}")
+
+
+def _errorbars(ax, ok: pd.DataFrame, col: str, style: dict, scale: float = 1.0) -> None:  # noqa: ANN001
+    """``col`` (times ``scale``) against steps with ``col_ci_low``/``col_ci_high`` as error bars."""
+    y = ok[col] * scale
+    if not y.notna().any():
+        return
+    yerr = np.vstack([(y - ok[f"{col}_ci_low"] * scale).clip(lower=0).fillna(0),
+                      (ok[f"{col}_ci_high"] * scale - y).clip(lower=0).fillna(0)])
+    ax.errorbar(ok["steps"], y, yerr=yerr, capsize=3, **style)
+
+
+def _mark_oom(axes: Iterable, steps: Iterable[int], color: str) -> None:
+    """Write ``OOM`` at the bottom of each metric panel above the steps that ran out of memory."""
+    for s in steps:
+        for ax in axes:
+            ax.annotate("OOM", (s, 0), xycoords=("data", "axes fraction"), color=color,
+                        ha="center", va="bottom", fontsize=8, fontweight="bold")
+
+
+def draw_fid_vs_steps(df: pd.DataFrame, *, title: str | None = None):  # noqa: ANN201
+    """The sweep figure (a matplotlib ``Figure``, not saved) from :func:`collect_fid_vs_steps`.
+
+    Panels, left to right: KID x 10^3 with its bootstrap interval (the metric to read: unbiased at
+    the ~20 samples of a point), FID with its 95% CI (flagged as biased at small N), s/volume; all
+    against sampling steps on a log axis. One line per (model, sampler): DDIM points joined, DDPM
+    a star. Out-of-memory points are marked ``OOM`` under both metric panels. The suptitle states
+    the protocol (:func:`protocol_note`).
     """
     plt = _plt()
     if df.empty:
         raise InputError("no sweep points to plot")
-    fig, (ax_f, ax_t) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_k, ax_f, ax_t) = plt.subplots(1, 3, figsize=(14, 4.2))
     for k, (model, g) in enumerate(df.groupby("model", sort=True)):
         color = f"C{k}"
         for sampler, gs in g.groupby("sampler", sort=True):
             gs = gs.sort_values("steps")
             ok = gs[gs["status"] != "oom"]
-            ddpm = sampler == "ddpm"
-            style = dict(color=color, marker="*" if ddpm else "o", markersize=11 if ddpm else 5,
-                         linestyle="none" if ddpm else "-", label=f"{model} {sampler.upper()}")
-            yerr = np.vstack([(ok["fid"] - ok["fid_ci_low"]).clip(lower=0).fillna(0),
-                              (ok["fid_ci_high"] - ok["fid"]).clip(lower=0).fillna(0)])
-            ax_f.errorbar(ok["steps"], ok["fid"], yerr=yerr, capsize=3, **style)
+            style = _sweep_style(color, str(model), str(sampler))
+            _errorbars(ax_k, ok, "kid", style, scale=1e3)
+            _errorbars(ax_f, ok, "fid", style)
             ax_t.plot(ok["steps"], ok["s_per_volume"], **style)
-            for s in gs.loc[gs["status"] == "oom", "steps"]:
-                ax_f.annotate("OOM", (s, 0), xycoords=("data", "axes fraction"), color=color,
-                              ha="center", va="bottom", fontsize=8, fontweight="bold")
+            _mark_oom((ax_k, ax_f), gs.loc[gs["status"] == "oom", "steps"], color)
+    if df["kid"].notna().any():
+        ax_k.axhline(0.0, color="0.4", linewidth=0.8, linestyle=":")  # unbiased: may dip below 0
+        ax_k.legend(fontsize=7)
+    else:
+        ax_k.text(0.5, 0.5, "no KID in these metrics files\n(re-run 'wdm-bench evaluate')",
+                  ha="center", va="center", transform=ax_k.transAxes, fontsize=9)
+    ax_k.set_title("KID (unbiased): read this panel", fontsize=9, fontweight="bold")
+    ax_k.set_ylabel(r"KID $\times 10^3$ (bootstrap 95% CI)")
+    ax_f.set_title("FID: biased at small N, for reference only", fontsize=9)
     ax_f.set_ylabel("FID (95% CI)")
+    ax_t.set_title("sampling cost", fontsize=9)
     ax_t.set_ylabel("s / volume")
     ax_t.set_yscale("log")
-    for ax in (ax_f, ax_t):
+    for ax in (ax_k, ax_f, ax_t):
         ax.set_xscale("log")
+        ax.margins(x=0.07)  # keep the DDPM star (largest step count) off the frame
         ax.set_xlabel("sampling steps")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    n = df["n_fake"].dropna()
-    note = f"n = {int(n.iloc[0])} samples per point" if len(n) and n.nunique() == 1 else ""
+    note = protocol_note(df)
     fig.suptitle(" - ".join(t for t in (title, note) if t), fontsize=10)
     fig.tight_layout()
-    return _save(fig, out)
+    return fig
+
+
+def fid_vs_steps_figure(df: pd.DataFrame, out: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Draw :func:`draw_fid_vs_steps` (KID, FID, s/volume against steps) and write it to ``out``.
+
+    The PNG is written atomically (a reader never sees a half-written file); returns ``out``.
+    """
+    return _save(draw_fid_vs_steps(df, title=title), out)

@@ -1,7 +1,7 @@
 # Figures beyond the table, the paper comparison and the aggregate targets:
 #   results/figures/samples_{dataset}_{res}_{model}.png   real vs one model, three planes
 #   results/figures/loss_{dataset}_{res}.png              training losses, one panel per model
-#   results/figures/fid_vs_steps_{dataset}_{res}.png      FID against sampling steps (sweep)
+#   results/figures/fid_vs_steps_{dataset}_{res}.png      KID and FID against sampling steps (sweep)
 #   results/table1_vs_paper.csv                           ours beside the paper's reported values
 # `snakemake --cores 8 figures` builds every figure; `snakemake --cores 8` (rule all, in the Snakefile)
 # builds the table, the comparison and the figures; `snakemake --report results/report.html` collects them.
@@ -151,7 +151,7 @@ ruleorder: evaluate_steps > evaluate
 
 
 rule fid_vs_steps:
-    """Collect the sweep into a CSV and plot FID (with CI) and s/volume against steps."""
+    """Collect the sweep into a CSV and plot KID and FID (with CIs) and s/volume against steps."""
     input:
         metrics=lambda w: [
             f"{sweep_dir(w.dataset, w.res, m, p)}/metrics.json"
@@ -164,14 +164,14 @@ rule fid_vs_steps:
             caption="../report/fid_vs_steps_csv.rst",
             category="Sampling steps",
             subcategory="{dataset} {res}^3",
-            labels={"table": "FID against steps"},
+            labels={"table": "KID and FID against steps"},
         ),
         png=report(
             "results/figures/fid_vs_steps_{dataset}_{res}.png",
             caption="../report/fid_vs_steps.rst",
             category="Sampling steps",
             subcategory="{dataset} {res}^3",
-            labels={"figure": "FID against steps"},
+            labels={"figure": "KID and FID against steps"},
         ),
     params:
         title=lambda w: f"{w.dataset} {w.res}^3",
