@@ -37,16 +37,24 @@ from wdm.io import InputError, sha256_file
 
 __all__ = [
     "MEDICALNET_WEIGHTS",
+    "PHANTOM_SEG",
+    "PHANTOM_SEG_LABEL",
     "MedicalNetResNet",
     "medicalnet_resnet",
     "load_medicalnet_state_dict",
     "load_medicalnet_weights",
     "resolve_weights",
+    "local_weights",
     "extract_features",
     "feature_dim",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Spec prefix and table label of the embedded extractor trained by segmentation of phantom-brain
+#: anatomy (``wdm-bench train-extractor``; read by :mod:`eval.extractors`).
+PHANTOM_SEG = "phantom-seg"
+PHANTOM_SEG_LABEL = "phantom-seg-resnet10 (trained on phantom-brain, NOT MedicalNet)"
 
 _HF = "https://huggingface.co/TencentMedicalNet/MedicalNet-Resnet{depth}/resolve/main/{file}"
 
@@ -349,11 +357,18 @@ def _local_candidates(name: str) -> list[Path]:
     return out
 
 
+def local_weights(name: str) -> Path | None:
+    """The local file of manifest checkpoint ``name`` (``$WDM_MEDICALNET_DIR``, then the torch hub
+    cache), or None when neither holds it."""
+    _check_name(name)
+    return next((c for c in _local_candidates(name) if c.is_file()), None)
+
+
 def _check_name(name: str) -> None:
     if name not in MEDICALNET_WEIGHTS:
         raise InputError(f"unknown MedicalNet weights {name!r}; allowed: "
-                         f"{sorted(MEDICALNET_WEIGHTS)}, a file path, 'none', 'auto:<name>' "
-                         "or 'hub:<name>'")
+                         f"{sorted(MEDICALNET_WEIGHTS)}, a file path, 'none', 'auto:<name>', "
+                         "'hub:<name>' or 'phantom-seg:<path>'")
 
 
 def _download(name: str) -> Path:
@@ -403,13 +418,21 @@ def resolve_weights(spec: str | os.PathLike | None, *, depth: int = 50,
     - ``"hub:<name>"``: the local lookups, else download from the Hugging Face hub into the torch
       hub cache (SHA-256 checked before it lands there);
     - ``"auto:<name>"``: the local lookups, else the untrained network with a warning that the
-      resulting FID is NOT a MedicalNet FID.
+      resulting FID is NOT a MedicalNet FID;
+    - ``"phantom-seg:<path>"``: that file, label :data:`PHANTOM_SEG_LABEL` (its content is checked
+      when :mod:`eval.extractors` loads it).
     ``depth`` and ``seed`` only shape the untrained label.
     """
     untrained = (None, f"untrained-resnet{depth}-seed{seed} (NOT MedicalNet)")
     if spec is None or str(spec).lower() == "none":
         return untrained
     s = str(spec)
+    if s.startswith(PHANTOM_SEG + ":"):
+        path = Path(s.partition(":")[2])
+        if not path.is_file():
+            raise InputError(f"{path}: phantom-seg weights {'is a folder' if path.is_dir() else 'not found'}"
+                             ", expected a checkpoint written by 'wdm-bench train-extractor'")
+        return path, PHANTOM_SEG_LABEL
     mode, _, name = s.partition(":") if s.startswith(("auto:", "hub:")) else ("", "", s)
     if not mode and Path(s).is_file():
         stem = Path(s).name.removesuffix(".pth")
@@ -420,10 +443,9 @@ def resolve_weights(spec: str | os.PathLike | None, *, depth: int = 50,
         what = "is a folder" if Path(s).is_dir() else "file not found"
         raise InputError(f"{s}: weights {what}, expected a MedicalNet checkpoint file (.pth), a "
                          "name such as resnet_50_23dataset, hub:NAME, auto:NAME or none")
-    _check_name(name)
-    for cand in _local_candidates(name):
-        if cand.is_file():
-            return cand, _manifest_label(name)
+    found = local_weights(name)
+    if found is not None:
+        return found, _manifest_label(name)
     if mode == "hub":
         return _download(name), _manifest_label(name)
     if mode == "auto":

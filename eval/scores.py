@@ -50,7 +50,8 @@ def protocol_note(protocol: str, n_real: int, n_fake: int, allow_small_n: bool, 
     A number on fewer volumes made with the protocol's own extractor (``protocol_extractor``: its
     MedicalNet checkpoint) would pass for a protocol number: that is an :class:`InputError` naming
     the sizes and the way out unless ``allow_small_n``. With any other extractor (an untrained
-    network, other weights) the number is not a protocol number anyway, and is only marked.
+    network, the phantom-seg extractor, other weights) the number is not a protocol number
+    anyway, and is only marked.
     """
     need = PROTOCOL_SIZES.get(protocol, {})
     short = [f"{k}={n} < {need[k]}" for k, n in (("n_real", n_real), ("n_fake", n_fake))

@@ -23,7 +23,7 @@ log = logging.getLogger("wdm")
 
 #: evaluation settings that command-line flags may override (argparse dest = settings field).
 _OVERRIDES = ("weights", "depth", "protocol", "n_real", "seed", "batch_size", "kernel_size",
-              "max_pairs", "n_bootstrap", "ci_level", "allow_small_n")
+              "max_pairs", "n_bootstrap", "ci_level", "allow_small_n", "fallback_weights")
 
 
 def _settings(a: argparse.Namespace) -> EvaluationSettings:
@@ -37,7 +37,8 @@ def _settings(a: argparse.Namespace) -> EvaluationSettings:
 def _extractor_inputs(a: argparse.Namespace) -> tuple[str | None, ...]:
     """The files evaluate / real-stats read besides the volumes (``--out`` may be none of them)."""
     weights = a.weights if a.weights and Path(a.weights).is_file() else None
-    return a.config, getattr(a, "real_stats", None), getattr(a, "test_features", None), weights
+    return (a.config, getattr(a, "real_stats", None), getattr(a, "test_features", None), weights,
+            a.fallback_weights)
 
 
 def _check_outputs(a: argparse.Namespace) -> None:
@@ -149,6 +150,9 @@ def _args_extractor(s: argparse.ArgumentParser) -> None:
                         "default: the schema's defaults); the flags below override it")
     s.add_argument("--weights", default=None,
                    help="MedicalNet weights: path, name, hub:NAME, auto:NAME, none")
+    s.add_argument("--fallback-weights", default=None, metavar="PATH",
+                   help="phantom-seg checkpoint (train-extractor) that auto:NAME uses when the "
+                        "MedicalNet file is missing and evaluation.fallback is phantom-seg")
     s.add_argument("--depth", type=int, default=None, help="ResNet depth of the feature extractor")
     s.add_argument("--protocol", default=None, help="evaluation protocol: wdm or hagan")
     s.add_argument("--n-real", type=int, default=None, help="use the first N real volumes")

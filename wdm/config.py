@@ -271,6 +271,8 @@ class EvaluationSettings:
     bootstrap_kid_subsets: int
     frd: str
     allow_small_n: bool
+    fallback: str = "phantom-seg"
+    fallback_weights: str | None = None
 
     @classmethod
     def from_mapping(cls, raw: dict | None, source: str = "evaluation") -> EvaluationSettings:

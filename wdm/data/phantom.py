@@ -46,9 +46,11 @@ from wdm.io import (
 __all__ = [
     "ALLOWED_SIZES",
     "DATASET_NAME",
+    "LABEL_CLASSES",
     "TEMPLATE_FILES",
     "load_mni_templates",
     "make_phantom",
+    "make_phantom_labelled",
     "make_phantom_dataset",
     "phantom_affine",
     "template_sources",
@@ -69,6 +71,9 @@ MAX_WORK_GRID = 128
 #: The cube around the brain is this much wider than the brain's longest side, so that rotation,
 #: scaling and deformation never push the brain out of the field of view.
 CUBE_MARGIN = 1.15
+#: Label map values of :func:`make_phantom_labelled` (index = value).
+LABEL_CLASSES: tuple[str, ...] = ("background", "csf/other brain", "grey matter", "white matter",
+                                  "lesion")
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,8 +200,11 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
 
 
 def _add_lesion(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray,
-                spacing_mm: float, level: float) -> None:
+                spacing_mm: float, level: float, core_out: np.ndarray | None = None) -> None:
     """Paint one tumour-like lesion into ``img`` (S, S, S) in place, weighted by ``mask``.
+
+    ``core_out`` (S, S, S), if given, receives the elementwise maximum of itself and the painted
+    core weight (the blend factor of the lesion value, in [0, 1]); it draws no random numbers.
 
     An ellipsoid (radii 8–25 mm, random orientation, outline perturbed by a smooth field) with a
     hyper- or hypointense textured core, a soft edge and a rim of the opposite sign (enhancing
@@ -234,6 +242,8 @@ def _add_lesion(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray,
         region = region + rim * rng.uniform(0.1, 0.3) * level * w
     cw = core * w
     img[box] = region * (1.0 - cw) + value * cw
+    if core_out is not None:
+        np.maximum(core_out[box], cw, out=core_out[box])
 
 
 def _warp_coords(rng: np.random.Generator, n: int, s: int, work_mm: float) -> np.ndarray:
@@ -296,6 +306,23 @@ def _bias_pool_noise(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray
     return img.astype(np.float32)
 
 
+def _label_map(tissue: np.ndarray, mask: np.ndarray, core: np.ndarray, size: int,
+               f: int) -> np.ndarray:
+    """uint8 ``(size,)*3`` labels (:data:`LABEL_CLASSES`) of the warped maps on the S grid.
+
+    ``tissue`` (2, S, S, S): warped gm and wm probabilities; ``mask`` (S, S, S) the warped brain
+    mask; ``core`` (S, S, S) the painted lesion core weight. Each is block-averaged by ``f`` like
+    the image; background where the mask is below 0.5, lesion where the core weight is at least
+    0.5, else the argmax of (mask − gm − wm, gm, wm) → 1, 2, 3.
+    """
+    gm, wm, m, c = (a.reshape(size, f, size, f, size, f).mean(axis=(1, 3, 5)) if f > 1 else a
+                    for a in (tissue[0], tissue[1], mask, core))
+    label = 1 + np.argmax(np.stack([np.clip(m - gm - wm, 0.0, None), gm, wm]), axis=0)
+    label[c >= 0.5] = 4
+    label[m < 0.5] = 0
+    return label.astype(np.uint8)
+
+
 def make_phantom(rng: np.random.Generator, size: int, *, lesion_prob: float = 0.5,
                  templates: dict[str, Any] | None = None) -> np.ndarray:
     """One random brain-like T1 volume.
@@ -309,6 +336,22 @@ def make_phantom(rng: np.random.Generator, size: int, *, lesion_prob: float = 0.
     Returns:
         float32 ``(size, size, size)`` in [0, 1], background 0, brain max about 1.
     """
+    return _phantom(rng, size, lesion_prob, templates, labels=False)[0]
+
+
+def make_phantom_labelled(rng: np.random.Generator, size: int, *, lesion_prob: float = 0.5,
+                          templates: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(volume, labels)``: :func:`make_phantom`'s float32 volume (bit-identical for the same
+    ``rng`` state) and its uint8 ``(size,)*3`` label map, indices of :data:`LABEL_CLASSES` (0
+    background, 1 CSF/other brain, 2 grey matter, 3 white matter, 4 lesion), from the same warped
+    template maps and painted lesions."""
+    vol, labels = _phantom(rng, size, lesion_prob, templates, labels=True)
+    return vol, labels  # type: ignore[return-value]
+
+
+def _phantom(rng: np.random.Generator, size: int, lesion_prob: float,
+             templates: dict[str, Any] | None, labels: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The volume of :func:`make_phantom` and, with ``labels``, its label map (else None)."""
     if not 0.0 <= lesion_prob <= 1.0:
         raise InputError(f"lesion_prob must lie in [0, 1], got {lesion_prob}")
     if templates is None:
@@ -321,16 +364,20 @@ def make_phantom(rng: np.random.Generator, size: int, *, lesion_prob: float = 0.
     # --- geometry and contrast
     coords = _warp_coords(rng, n, s, float(templates["spacing_mm"]))
     img, mask = _contrast_and_warp(rng, templates, coords)
+    tissue = np.stack([ndi.map_coordinates(templates[k], coords, order=1, mode="constant",
+                                           output=np.float32) for k in ("gm", "wm")]) if labels else None
     del coords
 
-    # --- lesions
+    # --- lesions (their core weight recorded for the labels; no extra random draws)
+    core = np.zeros_like(img) if labels else None
     if rng.random() < lesion_prob:
         level = float(np.percentile(img[mask > 0.99], 99)) if (mask > 0.99).any() else 1.0
         for _ in range(int(rng.integers(1, 3))):
-            _add_lesion(rng, img, mask, spacing, level)
+            _add_lesion(rng, img, mask, spacing, level, core_out=core)
+    label = _label_map(tissue, mask, core, size, f) if tissue is not None and core is not None else None
 
     # --- bias field, block-average to the output grid, noise, normalisation
-    return _bias_pool_noise(rng, img, mask, size, f)
+    return _bias_pool_noise(rng, img, mask, size, f), label
 
 
 # --------------------------------------------------------------------------------------------
