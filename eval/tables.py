@@ -78,6 +78,8 @@ COLUMNS: tuple[str, ...] = (
     "sample_s_per_volume",
     "sample_peak_memory_gb",
     "steps_trained",
+    "train_flops",
+    "flop_budget",
     "sampler",
     "sampler_steps",
     "device",
@@ -134,6 +136,7 @@ def table_row(metrics_file: str | os.PathLike) -> dict:
         "sample_s_per_volume": sp.get("s_per_volume"),
         "sample_peak_memory_gb": sp.get("peak_memory_gb"),
         "steps_trained": tp.get("steps_trained", sp.get("checkpoint_step")),
+        **_train_compute(path.parent),
         "sampler": sp.get("sampler"),
         "sampler_steps": sp.get("sampler_steps"),
         "device": sp.get("device") or tp.get("device"),
@@ -144,6 +147,18 @@ def table_row(metrics_file: str | os.PathLike) -> dict:
         for stage in failed:
             row.update(dict.fromkeys(STAGE_COLUMNS.get(stage, ()), OOM))
     return row
+
+
+def _train_compute(model_dir: Path) -> dict[str, float | None]:
+    """``train_flops``: the counted training FLOPs summed over the stages of a model folder
+    (``*/train_profile.json``, see :mod:`wdm.budget`); ``flop_budget``: the budget they were
+    derived from. Both None for runs trained by steps."""
+    recs = [read_status(p)[1].get("flop_budget") for p in sorted(model_dir.glob("*/train_profile.json"))]
+    recs = [r for r in recs if r]
+    if not recs:
+        return {"train_flops": None, "flop_budget": None}
+    return {"train_flops": float(sum(r["train_flops"] for r in recs)),
+            "flop_budget": float(recs[0]["flop_budget"])}
 
 
 def _check_one_provenance(path: Path, tp: dict, sp: dict, m: dict) -> None:

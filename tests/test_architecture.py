@@ -31,7 +31,7 @@ LAYERS: dict[str, str] = {
     # harness: runs models (training, sampling, scale-out, probes, weight conversion)
     "wdm.train": "harness", "wdm.loop": "harness", "wdm.sample": "harness",
     "wdm.distributed": "harness", "wdm.probe": "harness", "wdm.activation_memory": "harness",
-    "wdm.convert": "harness", "wdm.runs": "harness",
+    "wdm.convert": "harness", "wdm.runs": "harness", "wdm.budget": "harness", "wdm.extractor": "harness",
     # evaluation: reads volumes and records, never runs a model
     "eval": "evaluation",
     # the command line

@@ -2,7 +2,7 @@
 
 Sub-commands: prepare, train, sample, evaluate, real-stats, pairwise, fid-vs-n (these four in
 :mod:`wdm.cli_metrics`), settings, table, figure, curves, compare, convert-checkpoint, profile,
-memory-figure (the table :data:`COMMANDS`). Exit code 0 on
+memory-figure, train-extractor (in :mod:`wdm.cli_extractor`) (the table :data:`COMMANDS`). Exit code 0 on
 success; on any error one line ``wdm-bench <command>: error: <reason>`` on stderr and exit code 1
 (2 for bad usage).
 """
@@ -17,7 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wdm.cli_checks import Command, OneLineParser, at_least, named_values, set_threads, unit_interval_open
+from wdm.cli_extractor import EXTRACTOR_COMMANDS
 from wdm.cli_metrics import METRIC_COMMANDS
+from wdm.cli_sanity import SANITY_COMMAND
 
 __all__ = ["main", "build_parser", "COMMANDS", "Command"]
 
@@ -43,8 +45,14 @@ def _cmd_train(a: argparse.Namespace) -> None:
     # under torchrun the job's threads are shared by the processes on this machine
     procs = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     set_threads(max(1, a.threads // procs) if a.threads else None)
+    config: str | dict = a.config
+    if a.flop_budget is not None:  # the workflow's compute-matched budget overrides the config's
+        from wdm.config import load_run_config
+
+        config = load_run_config(a.config)
+        config["training"]["flop_budget"] = a.flop_budget
     try:
-        prof = train(a.config, a.data, a.out, resume=a.resume, stage=a.stage,
+        prof = train(config, a.data, a.out, resume=a.resume, stage=a.stage,
                      progress=not a.no_progress)
     except InputError as exc:  # a config value's error raised without the file: name the config
         raise name_source(exc, a.config, (a.config, a.data, a.out), ("do not suit model",)) from None
@@ -67,7 +75,7 @@ def _cmd_sample(a: argparse.Namespace) -> None:
     set_threads(a.threads)
     try:
         sample(a.run, a.n, a.seed, a.out, sampler=a.sampler, steps=a.steps, batch_size=a.batch_size,
-               device=a.device, progress=not a.no_progress)
+               device=a.device, initial=a.initial, progress=not a.no_progress)
     except InputError as exc:
         if a.device is None and str(exc).startswith("device 'cuda'"):
             raise InputError(f"{a.run}: sampling.device of the run's config: {exc}; pass --device cpu "
@@ -88,6 +96,8 @@ def _cmd_settings(a: argparse.Namespace) -> None:
         raise InputError(f"--json: not valid JSON ({exc})") from exc
     if not isinstance(raw, dict):
         raise InputError(f"--json: expected a JSON object, got {type(raw).__name__}")
+    if a.fallback_weights:  # the phantom-seg checkpoint the workflow built (evaluation.fallback)
+        raw = {**raw, "fallback_weights": a.fallback_weights}
     settings = EvaluationSettings.from_mapping(raw, source=f"--json: {a.section}")
     write_text_atomic(a.out, dump_yaml({a.section: settings.as_dict()}))
     log.info("wrote %s", a.out)
@@ -221,6 +231,8 @@ def _args_train(s: argparse.ArgumentParser) -> None:
     s.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     s.add_argument("--stage", default=None,
                    help="training stage of a staged model (ldm: vqgan, diffusion); default: the config's")
+    s.add_argument("--flop-budget", type=float, default=None, metavar="FLOPS",
+                   help="train for this many FLOPs (steps derived; overrides training.flop_budget)")
     s.add_argument("--threads", type=at_least(1), default=None, help="torch CPU threads")
     s.add_argument("--no-progress", action="store_true")
 
@@ -235,6 +247,8 @@ def _args_sample(s: argparse.ArgumentParser) -> None:
     s.add_argument("--batch-size", type=int, default=None)
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     s.add_argument("--threads", type=at_least(1), default=None)
+    s.add_argument("--initial", action="store_true",
+                   help="sample the run's untrained initialisation (its seed), not its checkpoint")
     s.add_argument("--no-progress", action="store_true")
 
 
@@ -243,6 +257,8 @@ def _args_settings(s: argparse.ArgumentParser) -> None:
     s.add_argument("--json", required=True,
                    help="the section as a JSON object (absent fields: the schema's defaults)")
     s.add_argument("--out", required=True, help="YAML file to write, {SECTION: resolved settings}")
+    s.add_argument("--fallback-weights", default=None, metavar="PATH",
+                   help="record this phantom-seg checkpoint as fallback_weights")
 
 
 def _args_table(s: argparse.ArgumentParser) -> None:
@@ -319,6 +335,8 @@ COMMANDS: tuple[Command, ...] = (
             _cmd_profile),
     Command("memory-figure", "probe JSONs -> memory CSV and memory-vs-resolution figure",
             _args_memory_figure, _cmd_memory_figure),
+    *EXTRACTOR_COMMANDS,
+    SANITY_COMMAND,
 )
 
 

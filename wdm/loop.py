@@ -155,11 +155,15 @@ class TrainLoop:
         cfg: resolved run config (its stage configured).
         data_dir, run_dir: the prepared data folder and the run folder.
         ctx, device: the data-parallel context and this process's device.
+        budget: how ``training.steps`` was derived from ``training.flop_budget`` (recorded in the
+            profile), or None.
     """
 
     def __init__(self, cfg: dict, data_dir: Path, run_dir: Path, ctx: distributed.DistContext,
-                 device: torch.device, identity: dict[str, Any], *, progress: bool = True) -> None:
+                 device: torch.device, identity: dict[str, Any], *, progress: bool = True,
+                 budget: dict[str, Any] | None = None) -> None:
         self.cfg, self.tcfg, self.identity = cfg, cfg["training"], identity
+        self.budget = budget  # the steps' derivation from training.flop_budget (wdm.budget)
         self.data_dir, self.run_dir, self.ctx, self.device = data_dir, run_dir, ctx, device
         self.progress = progress
         self.stage = model_class(cfg).stage
@@ -325,6 +329,7 @@ class TrainLoop:
             volume_shape=list(self.volume_shape),
             data={k: v for k, v in self.data_info.items() if k != "affine"},
             model_info=self.model.run_info(), checkpoint=self._final_checkpoint(),
+            flop_budget=self.budget,
             identity_hash=identity_hash(self.identity), config_hash=config_hash(self.cfg),
             code_version=code_version())
         if self.step >= total and self.ctx.is_main:

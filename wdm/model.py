@@ -82,6 +82,12 @@ class BenchmarkModel:
         identity, :mod:`wdm.runs`); nothing by default."""
         return {}
 
+    @classmethod
+    def flop_share(cls, cfg: dict) -> float:
+        """The share of ``training.flop_budget`` this model (stage) trains with; 1 by default
+        (a staged model's stages split the budget, see :mod:`wdm.budget`)."""
+        return 1.0
+
     def check_sampling(self, sampling: Mapping[str, Any]) -> None:
         """Raise :class:`InputError` for sampling settings this model cannot use; none by default."""
 

@@ -31,7 +31,7 @@ TRAIN = RecordKind("train", (
     "oom_at_step", "rank", "s_per_iteration", "wall_seconds_this_call", "peak_memory_gb",
     "peak_memory_kind", "n_parameters", "device", "batch_size", "batch_size_per_process",
     "world_size", "precision", "activation_checkpointing", "volume_shape", "data", "model_info",
-    "converted_from", "checkpoint", "identity_hash", "config_hash", "code_version",
+    "converted_from", "checkpoint", "flop_budget", "identity_hash", "config_hash", "code_version",
 ))
 
 #: ``samples/sample_profile.json``.

@@ -77,8 +77,12 @@ class _Progress:
 def sample(run_dir: str | os.PathLike, n: int, seed: int, out_dir: str | os.PathLike, *,
            sampler: str | None = None, steps: int | None = None, batch_size: int | None = None,
            device: str | None = None, checkpoint: str | os.PathLike | None = None,
-           progress: bool = True) -> dict:
+           initial: bool = False, progress: bool = True) -> dict:
     """Generate ``n`` volumes from the latest checkpoint of ``run_dir`` into ``out_dir``.
+
+    ``initial``: sample the run's untrained initialisation instead (the model built from the
+    checkpoint's config with its ``training.seed``, as the run started; no weights loaded), the
+    floor a trained model must beat. Its provenance records ``checkpoint_step`` 0.
 
     Sampler, steps, batch size and device default to the run config's ``sampling`` section; the
     overrides are validated by the same schema. The set's provenance (checkpoint step and SHA-256,
@@ -103,9 +107,11 @@ def sample(run_dir: str | os.PathLike, n: int, seed: int, out_dir: str | os.Path
                          device=device)
     scfg = cfg["sampling"]
     dev = resolve_device(scfg["device"])
-    model = _load_model(cfg, ckpt, dev)
+    model = _load_model(cfg, ckpt, dev, initial)
     model.check_sampling(scfg)
-    prov = provenance(cfg, ckpt, ckpt_path, seed, dev)
+    if initial:
+        ckpt = {**ckpt, "step": 0}
+    prov = provenance(cfg, ckpt, ckpt_path, seed, dev, initial)
     with folder_lock(out_dir, "sampling"):
         kept = _adopt_folder(out_dir, prov)
         if kept is not None and kept["n"] >= n and all(sample_path(out_dir, i).exists() for i in range(n)):
@@ -147,10 +153,15 @@ def _with_sampling(ckpt: dict, ckpt_path: Path, **overrides: Any) -> dict:
                               source="command line")
 
 
-def provenance(cfg: dict, ckpt: dict, ckpt_path: Path, seed: int, dev: torch.device) -> dict:
-    """What the volumes of a sample run depend on, and its key (SHA-256 of the rest)."""
+def provenance(cfg: dict, ckpt: dict, ckpt_path: Path, seed: int, dev: torch.device,
+               initial: bool = False) -> dict:
+    """What the volumes of a sample run depend on, and its key (SHA-256 of the rest).
+
+    ``initial``: the run's untrained initialisation was sampled (the checkpoint gave the config).
+    """
     scfg = cfg["sampling"]
     prov = {"model": cfg["model"], "checkpoint": ckpt_path.name, "checkpoint_step": int(ckpt["step"]),
+            **({"initialisation": True} if initial else {}),
             "checkpoint_sha256": sha256_file(ckpt_path), "sampler": scfg["sampler"],
             "steps": scfg["steps"], "eta": scfg["eta"], "seed": int(seed),
             "batch_size": scfg["batch_size"], "device_type": dev.type}
@@ -213,11 +224,18 @@ def _profile(cfg: dict, model: BenchmarkModel, scfg: dict, n: int, seed: int, de
         config_hash=config_hash(cfg), config=cfg, code_version=code_version())
 
 
-def _load_model(cfg: dict, ckpt: dict, dev: torch.device) -> BenchmarkModel:
-    """The model of a checkpoint, its modules loaded, on ``dev`` in eval mode."""
-    model = build_model(cfg, tuple(ckpt["data"]["shape"]))
+def _load_model(cfg: dict, ckpt: dict, dev: torch.device, initial: bool = False) -> BenchmarkModel:
+    """The model of a checkpoint, its modules loaded, on ``dev`` in eval mode.
+
+    ``initial``: the run's initialisation instead, built as :class:`wdm.loop.TrainLoop` builds it
+    (global seed ``training.seed``, under a forked RNG), no weights loaded.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg["training"]["seed"])
+        model = build_model(cfg, tuple(ckpt["data"]["shape"]))
     for name, m in model.modules().items():
-        m.load_state_dict(ckpt["model"][name])
+        if not initial:
+            m.load_state_dict(ckpt["model"][name])
         m.to(dev).eval()
     return model
 

@@ -29,9 +29,11 @@ import os
 from pathlib import Path
 
 from wdm import distributed
+from wdm.budget import apply_flop_budget
 from wdm.checkpoints import latest_checkpoint, load_checkpoint
 from wdm.config import config_hash, load_run_config, resolve_run_config
-from wdm.io import InputError, code_version, write_json_atomic
+from wdm.data.prepare import split_files
+from wdm.io import InputError, code_version, load_prepared_volume, write_json_atomic
 from wdm.locks import folder_lock
 from wdm.loop import TrainLoop, batch_indices, setup_training
 from wdm.model import configure_stage
@@ -61,6 +63,9 @@ def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir
     """
     cfg = load_run_config(config) if not isinstance(config, dict) else resolve_run_config(config)
     cfg = configure_stage(cfg, run_dir, stage)
+    budget = None
+    if cfg["training"]["flop_budget"] is not None:
+        cfg, budget = apply_flop_budget(cfg, _volume_shape(Path(data_dir)))
     tcfg = cfg["training"]
     ctx = distributed.context_from_env()
     distributed.shard_bounds(tcfg["batch_size"], ctx)  # the divisibility check, up front
@@ -76,7 +81,8 @@ def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir
         saved = _previous_run(run_dir, identity, resume, ctx)
         if saved is not None and int(saved["step"]) >= tcfg["steps"]:
             return _finished(run_dir, identity, saved, ctx)
-        loop = TrainLoop(cfg, Path(data_dir), run_dir, ctx, device, identity, progress=progress)
+        loop = TrainLoop(cfg, Path(data_dir), run_dir, ctx, device, identity, progress=progress,
+                         budget=budget)
         try:
             loop.setup()
             loop.restore(saved, resume)
@@ -88,6 +94,11 @@ def train(config: str | os.PathLike | dict, data_dir: str | os.PathLike, run_dir
         finally:
             if not loop.oom:  # after an OOM the other ranks may be stuck in a collective
                 distributed.shutdown(ctx)
+
+
+def _volume_shape(data_dir: Path) -> tuple[int, ...]:
+    """(D, H, W) of the data folder's first training volume."""
+    return tuple(load_prepared_volume(split_files(data_dir, "train")[0]).shape)
 
 
 def _previous_run(run_dir: Path, identity: dict, resume: bool,

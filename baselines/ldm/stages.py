@@ -69,6 +69,11 @@ class VQGANStage(BenchmarkModel):
         """Steps and batch size from ``ldm.vqgan``; no stage-1 run to read."""
         return stage_config(cfg, "vqgan")
 
+    @classmethod
+    def flop_share(cls, cfg: dict) -> float:
+        """``ldm.vqgan.flop_share`` of the model's training compute."""
+        return float(cfg["ldm"]["vqgan"]["flop_share"])
+
     def modules(self) -> dict[str, nn.Module]:
         return {"vqgan": self.vqgan, "disc": self.disc}
 
@@ -254,6 +259,11 @@ class LatentDiffusionStage(DiffusionModel):
     def stage_config(cls, cfg: dict, run_dir: Path) -> dict:
         """``ldm.vqgan_run`` defaults to the stage-1 folder beside ``run_dir`` (``../vqgan``)."""
         return stage_config(cfg, "diffusion", cfg["ldm"].get("vqgan_run") or run_dir.parent / "vqgan")
+
+    @classmethod
+    def flop_share(cls, cfg: dict) -> float:
+        """The training compute stage 1 leaves: ``1 - ldm.vqgan.flop_share``."""
+        return 1.0 - float(cfg["ldm"]["vqgan"]["flop_share"])
 
     @classmethod
     def upstream_identity(cls, cfg: dict) -> dict[str, Any]:

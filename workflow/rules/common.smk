@@ -52,9 +52,12 @@ REPORT_FIGURES = []
 # (torchrun for training.gpus > 1); an out-of-memory run exits 0 with "status": "oom" in its
 # profile (under torchrun the failing rank exits 3 to stop the others, so a recorded OOM also
 # counts as done); --resume: a rerun after a killed job continues from its last checkpoint.
+# config flop_budget: every model trains for the same FLOPs (compute-matched; wdm/budget.py).
+_BUDGET_FLAG = f"--flop-budget {config['flop_budget']:g}" if config.get("flop_budget") else ""
 TRAIN_SHELL = (
     "{params.launcher} train --config {input.config:q} --data {params.data:q} "
-    "--out {params.run:q} {params.stage} --resume --threads {threads} --no-progress > {log:q} 2>&1 "
+    f"--out {{params.run:q}} {{params.stage}} --resume {_BUDGET_FLAG} --threads {{threads}} "
+    "--no-progress > {log:q} 2>&1 "
     "|| grep -qs '\"status\": \"oom\"' {output.profile:q}"
 )
 SAMPLE_SHELL = (
@@ -147,6 +150,17 @@ def all_cells():
     return [(d, r) for d, c in config["datasets"].items() for r in c["resolutions"]]
 
 
+def untrained_rows():
+    """Rows `<model>-init` of the models in config `untrained_rows` (their untrained
+    initialisation, sampled by rule sample_initial) that are active."""
+    return [f"{m}-init" for m in config.get("untrained_rows") or [] if m in active_models()]
+
+
+def table_rows():
+    """Every row of a (dataset, res) cell: the reference, the models, the untrained rows."""
+    return ["reference", *active_models(), *untrained_rows()]
+
+
 def models_regex(models=None):
     """Wildcard constraint matching the registered models (or the given ones)."""
     return "|".join(MODELS if models is None else models) or "__none__"
@@ -206,6 +220,7 @@ def figure_targets():
         out += [f"results/figures/samples_{d}_{r}_{m}.png" for m in active_models()]
         out.append(f"results/figures/loss_{d}_{r}.png")
         out.append(f"results/figures/fid_vs_n_{d}_{r}.png")
+        out.append(f"results/figures/sanity_{d}_{r}.png")  # rule sanity (+ its sanity.csv)
         out += [f"results/figures/nearest_{d}_{r}_{m}.png" for m in active_models()]
         if sweep_models():
             out.append(f"results/figures/fid_vs_steps_{d}_{r}.png")

@@ -5,10 +5,14 @@ REAL_STATS = f"results/{{dataset}}/{{res}}/real_features_{config['evaluation']['
 
 rule evaluation_settings:
     """The workflow config's evaluation section, validated and written for the evaluation rules."""
+    input:
+        extractor=lambda w: extractor_inputs(),
     output:
         SETTINGS,
     params:
         section=json.dumps(config["evaluation"], sort_keys=True),
+        # the phantom-seg file that auto: falls back to (rules/extractor.smk), recorded in SETTINGS
+        fallback=lambda w, input: " ".join(f"--fallback-weights {shlex_quote(f)}" for f in input.extractor),
     log:
         "logs/evaluation_settings.log",
     benchmark:
@@ -20,7 +24,7 @@ rule evaluation_settings:
         runtime=5,
     shell:
         "wdm-bench settings --section evaluation --json {params.section:q} --out {output:q} "
-        "> {log:q} 2>&1"
+        "{params.fallback} > {log:q} 2>&1"
 
 
 rule real_features:
@@ -117,7 +121,7 @@ rule pairwise:
     input:
         real=lambda w: [REAL_STATS.format(dataset=d, res=r) for d, r in all_cells()],
         sets=lambda w: [
-            f"results/{d}/{r}/{m}/features.npz" for d, r in all_cells() for m in ["reference", *active_models()]
+            f"results/{d}/{r}/{m}/features.npz" for d, r in all_cells() for m in table_rows()
         ],
         settings=SETTINGS,
     output:
@@ -127,7 +131,7 @@ rule pairwise:
         sets=lambda w: " ".join(
             f"{d}/{r}/{m}=results/{d}/{r}/{m}/features.npz"
             for d, r in all_cells()
-            for m in ["reference", *active_models()]
+            for m in table_rows()
         ),
     log:
         "logs/pairwise.log",
@@ -147,7 +151,7 @@ rule pairwise:
 rule fid_vs_n:
     """FID against 1/N of every set of a (dataset, res), with its FID-infinity fit."""
     input:
-        metrics=lambda w: [f"results/{w.dataset}/{w.res}/{m}/metrics.json" for m in ["reference", *active_models()]],
+        metrics=lambda w: [f"results/{w.dataset}/{w.res}/{m}/metrics.json" for m in table_rows()],
     output:
         "results/figures/fid_vs_n_{dataset}_{res}.png",
     log:

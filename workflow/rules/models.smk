@@ -88,3 +88,31 @@ rule sample:
         runtime=12 * 60,
     shell:
         SAMPLE_SHELL
+
+
+rule sample_initial:
+    """evaluation.n_samples volumes from {model}'s untrained initialisation (config untrained_rows)."""
+    input:
+        profile="results/{dataset}/{res}/{model}/run/train_profile.json",
+    output:
+        profile="results/{dataset}/{res}/{model}-init/samples/sample_profile.json",
+    params:
+        run=run_dir,
+        out=lambda w: f"results/{w.dataset}/{w.res}/{w.model}-init/samples",
+        n=config["evaluation"]["n_samples"],
+        seed=config["evaluation"]["seed"],
+        sampler="--initial",
+    wildcard_constraints:
+        model=models_regex(),
+    log:
+        "logs/{dataset}/{res}/{model}-init/sample.log",
+    benchmark:
+        "benchmarks/{dataset}/{res}/{model}-init/sample.tsv"
+    threads: config["threads"]
+    conda:
+        "../envs/wdm.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=12 * 60,
+    shell:
+        SAMPLE_SHELL

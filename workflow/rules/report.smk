@@ -41,7 +41,7 @@ rule table1:
         metrics=lambda w: [
             f"results/{d}/{r}/{m}/metrics.json"
             for d, r in all_cells()
-            for m in ["reference", *active_models()]
+            for m in table_rows()
         ],
         figures=lambda w: report_targets([f"results/figures/samples_{d}_{r}.png" for d, r in all_cells()]),
         pairwise="results/pairwise.csv",  # built beside the table: which differences are significant
