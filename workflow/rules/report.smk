@@ -112,6 +112,7 @@ rule readme_results:
         pairwise="results/pairwise.csv",
         figures=lambda w: figure_targets(),
         sweeps=lambda w: [f"results/{d}/{r}/fid_vs_steps.csv" for d, r in all_cells() if sweep_models()],
+        sanity=lambda w: [f"results/{d}/{r}/sanity.csv" for d, r in all_cells()],
     output:
         table="results/readme/table1.csv",
         vs_paper="results/readme/table1_vs_paper.csv",
@@ -121,6 +122,9 @@ rule readme_results:
             f"cp results/{d}/{r}/fid_vs_steps.csv results/readme/fid_vs_steps_{d}_{r}.csv && "
             for d, r in all_cells()
             if sweep_models()
+        ),
+        copy_sanity=lambda w: "".join(
+            f"cp results/{d}/{r}/sanity.csv results/readme/sanity_{d}_{r}.csv && " for d, r in all_cells()
         ),
     log:
         "logs/readme_results.log",
@@ -133,7 +137,7 @@ rule readme_results:
         runtime=5,
     shell:
         "(mkdir -p results/readme/figures && cp {input.figures:q} results/readme/figures/ && "
-        "{params.copy_sweeps} "
+        "{params.copy_sweeps} {params.copy_sanity} "
         "cp {input.vs_paper:q} {output.vs_paper:q} && cp {input.pairwise:q} {output.pairwise:q} && "
         "cp {input.table:q} {output.table:q}) "
         "> {log:q} 2>&1"
