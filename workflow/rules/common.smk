@@ -212,6 +212,13 @@ def sweep_batch_size(model):
     return min(config["figures"]["sweep"]["n_samples"], run_bs)
 
 
+def sanity_cells():
+    """The (dataset, res) cells with enough test volumes for the metric sanity suite (rule sanity)."""
+    from eval.sanity import MIN_TEST
+
+    return [(d, r) for d, r in all_cells() if dataset_cfg(d)["n_test"] >= MIN_TEST]
+
+
 def figure_targets():
     """Every figure of every (dataset, resolution), plus those other rule files registered."""
     out = []
@@ -220,7 +227,8 @@ def figure_targets():
         out += [f"results/figures/samples_{d}_{r}_{m}.png" for m in active_models()]
         out.append(f"results/figures/loss_{d}_{r}.png")
         out.append(f"results/figures/fid_vs_n_{d}_{r}.png")
-        out.append(f"results/figures/sanity_{d}_{r}.png")  # rule sanity (+ its sanity.csv)
+        if (d, r) in sanity_cells():
+            out.append(f"results/figures/sanity_{d}_{r}.png")  # rule sanity (+ its sanity.csv)
         out += [f"results/figures/nearest_{d}_{r}_{m}.png" for m in active_models()]
         if sweep_models():
             out.append(f"results/figures/fid_vs_steps_{d}_{r}.png")

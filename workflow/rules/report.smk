@@ -112,7 +112,7 @@ rule readme_results:
         pairwise="results/pairwise.csv",
         figures=lambda w: figure_targets(),
         sweeps=lambda w: [f"results/{d}/{r}/fid_vs_steps.csv" for d, r in all_cells() if sweep_models()],
-        sanity=lambda w: [f"results/{d}/{r}/sanity.csv" for d, r in all_cells()],
+        sanity=lambda w: [f"results/{d}/{r}/sanity.csv" for d, r in sanity_cells()],
     output:
         table="results/readme/table1.csv",
         vs_paper="results/readme/table1_vs_paper.csv",
@@ -124,7 +124,7 @@ rule readme_results:
             if sweep_models()
         ),
         copy_sanity=lambda w: "".join(
-            f"cp results/{d}/{r}/sanity.csv results/readme/sanity_{d}_{r}.csv && " for d, r in all_cells()
+            f"cp results/{d}/{r}/sanity.csv results/readme/sanity_{d}_{r}.csv && " for d, r in sanity_cells()
         ),
     log:
         "logs/readme_results.log",
