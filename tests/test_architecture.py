@@ -32,6 +32,7 @@ LAYERS: dict[str, str] = {
     "wdm.train": "harness", "wdm.loop": "harness", "wdm.sample": "harness",
     "wdm.distributed": "harness", "wdm.probe": "harness", "wdm.activation_memory": "harness",
     "wdm.convert": "harness", "wdm.runs": "harness", "wdm.budget": "harness", "wdm.extractor": "harness",
+    "wdm.ema": "harness",
     # evaluation: reads volumes and records, never runs a model
     "eval": "evaluation",
     # the command line

@@ -1,9 +1,11 @@
 """Checkpoints of a run folder: ``RUN/checkpoints/step_NNNNNNN.pt``, written atomically and rotated.
 
 A checkpoint is a dict with ``step``, ``model`` (state dict per module name), ``optimizer`` (per
-optimizer name), ``generator`` (RNG state), ``config`` (the resolved run config), ``data`` (volume
-shape, affine, data folder), ``best`` (the step and interval loss of the best checkpoint so far)
-and ``code_version``. Anything read back goes through ``torch.load(..., weights_only=True)``.
+optimizer name), ``ema`` (the weights' moving average, a state dict per module name, or None when
+``training.ema`` is off; :mod:`wdm.ema`), ``generator`` (RNG state), ``config`` (the resolved run
+config), ``data`` (volume shape, affine, data folder), ``best`` (the step and interval loss of the
+best checkpoint so far) and ``code_version``. Anything read back goes through
+``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The training loop in named steps (as guided-diffusion's ``TrainLoop``) and its shared set-up.
 
 :func:`setup_training` turns a built model into what a training step needs (modules on the device,
-memory options, optimizers, bf16/DDP wrappers); :class:`TrainLoop` (used by :func:`wdm.train.train`)
-and the memory probes (:mod:`wdm.probe`) both go through it, so a probe measures the step the run
-takes. :class:`TrainLoop` splits a run into ``setup`` -> ``restore`` -> ``run`` (``run_step``,
-``log_step``, ``save``) -> ``finish``.
+memory options, optimizers, bf16/DDP wrappers, the weights' EMA); :class:`TrainLoop` (used by
+:func:`wdm.train.train`) and the memory probes (:mod:`wdm.probe`) both go through it, so a probe
+measures the step the run takes. :class:`TrainLoop` splits a run into ``setup`` -> ``restore`` ->
+``run`` (``run_step``, ``log_step``, ``save``) -> ``finish``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from wdm import distributed
 from wdm.checkpoints import remove_partial_checkpoints, save_checkpoint
 from wdm.config import config_hash, dump_yaml
 from wdm.data.prepare import split_files
+from wdm.ema import EMA
 from wdm.io import (
     InputError,
     atomic_path,
@@ -87,18 +88,23 @@ class _AutocastForward(nn.Module):
 
 @dataclass
 class Training:
-    """What one training step needs: the unwrapped modules (checkpointed), the optimizers, and
-    the keyword arguments of :meth:`~wdm.model.BenchmarkModel.training_step`."""
+    """What one training step needs: the unwrapped modules (checkpointed), the optimizers, the
+    keyword arguments of :meth:`~wdm.model.BenchmarkModel.training_step`, and the EMA of the
+    weights (``training.ema``; None when off)."""
 
     modules: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
     step_options: dict[str, Any]
     activation_checkpointing: bool
+    ema: EMA | None = None
 
     def step(self, model: BenchmarkModel, x: torch.Tensor, generator: torch.Generator,
              step: int) -> dict[str, torch.Tensor]:
-        """One update on ``x`` (B, 1, D, H, W) in [-1, 1]; ``step`` 0-based."""
-        return model.training_step(x, generator, self.optimizers, step, **self.step_options)
+        """One update on ``x`` (B, 1, D, H, W) in [-1, 1]; ``step`` 0-based. The EMA follows it."""
+        out = model.training_step(x, generator, self.optimizers, step, **self.step_options)
+        if self.ema is not None:
+            self.ema.update()
+        return out
 
 
 def _memory_options(model: BenchmarkModel, tcfg: dict, device: torch.device) -> bool:
@@ -125,7 +131,8 @@ def setup_training(model: BenchmarkModel, tcfg: dict, device: torch.device,
 
     ``ctx``: the data-parallel context (None: one process). The wrappers replace the trained
     modules on the model (see :func:`wdm.distributed.wrap_trained`); the returned ``modules`` are
-    the unwrapped ones, whose state dicts are checkpointed.
+    the unwrapped ones, whose state dicts are checkpointed. With ``training.ema`` set, their
+    weights' EMA (:class:`wdm.ema.EMA`) starts here, at the initial weights on ``device``.
     """
     ctx = ctx or distributed.DistContext()
     distributed.check_ddp_support(model, ctx)
@@ -145,7 +152,8 @@ def setup_training(model: BenchmarkModel, tcfg: dict, device: torch.device,
     options: dict[str, Any] = {"grad_clip": tcfg["grad_clip"]}
     if ctx.enabled:
         options["shard"] = (distributed.shard_bounds(tcfg["batch_size"], ctx)[0], tcfg["batch_size"])
-    return Training(modules, optimizers, options, checkpointing)
+    ema = EMA(modules, tcfg["ema"]) if tcfg.get("ema") is not None else None
+    return Training(modules, optimizers, options, checkpointing, ema)
 
 
 class TrainLoop:
@@ -191,7 +199,7 @@ class TrainLoop:
         self.generator = torch.Generator(device=self.device).manual_seed(self.tcfg["seed"])
 
     def restore(self, saved: dict | None, resume: bool) -> None:
-        """Continue from the checkpoint ``saved`` (model, optimizers, RNG, step, best), if any.
+        """Continue from the checkpoint ``saved`` (model, optimizers, EMA, RNG, step, best), if any.
 
         Its identity was checked by :func:`wdm.train.train`: the same configuration and data.
         """
@@ -205,6 +213,11 @@ class TrainLoop:
                              f"differ from the model's {sorted(opts)}")
         for name, o in opts.items():
             o.load_state_dict(saved["optimizer"][name])
+        if self.training.ema is not None:
+            if saved.get("ema") is None:
+                raise InputError(f"{self.run_dir}: training.ema is set but the checkpoint at step "
+                                 f"{saved['step']} holds no EMA of the weights")
+            self.training.ema.load_state_dict(saved["ema"], f"{self.run_dir} (step {saved['step']})")
         self.generator.set_state(saved["generator"].cpu())
         self.step, self.best = int(saved["step"]), dict(saved["best"])
         log.info("resumed %s at step %d", self.run_dir, self.step)
@@ -293,6 +306,7 @@ class TrainLoop:
             "step": self.step,
             "model": {k: m.state_dict() for k, m in self.training.modules.items()},
             "optimizer": {k: o.state_dict() for k, o in self.training.optimizers.items()},
+            "ema": self.training.ema.state_dict() if self.training.ema is not None else None,
             "generator": self.generator.get_state(),
             "config": self.cfg,
             "identity": self.identity,

@@ -38,7 +38,7 @@ TRAIN = RecordKind("train", (
 SAMPLE = RecordKind("sample", (
     "failed_stage", "model", "n", "seed", "sampler", "sampler_steps", "batch_size", "s_per_volume",
     "peak_memory_gb", "peak_memory_kind", "device", "checkpoint", "checkpoint_step",
-    "checkpoint_sha256", "provenance_key", "config_hash", "config", "code_version",
+    "checkpoint_sha256", "weights", "provenance_key", "config_hash", "config", "code_version",
 ))
 
 #: One memory/time probe (:mod:`wdm.probe`).

@@ -9,10 +9,12 @@ nothing is sampled) or sampling did (then the volumes of the failing batch are r
 normally so the rest of the workflow goes on and the table shows ``OOM``.
 
 Provenance: ``OUT/provenance.json`` names the checkpoint (file, step, SHA-256), sampler, steps,
-eta, seed, batch size and device type of the set, and a key over them, written before any volume;
-every profile records the key. A rerun reuses volumes only of the same key (a killed job resumes)
-and otherwise replaces the whole set; a finished set of the same key is kept with its
-measurements. One process at a time samples into a folder (:mod:`wdm.locks`).
+eta, seed, batch size and device type of the set (and ``"weights": "ema"`` when the run kept an
+EMA of its weights, ``training.ema``, which is then what is sampled), and a key over them, written
+before any volume; every profile records the key and the ``weights`` used. A rerun reuses
+volumes only of the same key (a killed job resumes) and otherwise replaces the whole set; a
+finished set of the same key is kept with its measurements. One process at a time samples into
+a folder (:mod:`wdm.locks`).
 """
 
 from __future__ import annotations
@@ -46,12 +48,15 @@ from wdm.profiling import (
 )
 from wdm.records import SAMPLE, make_record
 
-__all__ = ["sample", "batch_seed", "sample_path", "provenance", "PROVENANCE"]
+__all__ = ["sample", "batch_seed", "sample_path", "provenance", "sampled_weights", "PROVENANCE",
+           "EMA_WEIGHTS"]
 
 log = logging.getLogger(__name__)
 
 #: The sidecar of a samples folder: the provenance of its set (and, once complete, its profile).
 PROVENANCE = "provenance.json"
+#: ``weights`` of a sample set drawn with the EMA of the trained weights (``training.ema``).
+EMA_WEIGHTS = "ema"
 
 
 def batch_seed(seed: int, batch: int) -> int:
@@ -107,7 +112,7 @@ def sample(run_dir: str | os.PathLike, n: int, seed: int, out_dir: str | os.Path
                          device=device)
     scfg = cfg["sampling"]
     dev = resolve_device(scfg["device"])
-    model = _load_model(cfg, ckpt, dev, initial)
+    model = _load_model(cfg, ckpt, dev, initial, ckpt_path)
     model.check_sampling(scfg)
     if initial:
         ckpt = {**ckpt, "step": 0}
@@ -158,10 +163,13 @@ def provenance(cfg: dict, ckpt: dict, ckpt_path: Path, seed: int, dev: torch.dev
     """What the volumes of a sample run depend on, and its key (SHA-256 of the rest).
 
     ``initial``: the run's untrained initialisation was sampled (the checkpoint gave the config).
+    ``"weights": "ema"`` only when the EMA weights were sampled, so the key of a run without EMA
+    is what it was before the option existed.
     """
     scfg = cfg["sampling"]
     prov = {"model": cfg["model"], "checkpoint": ckpt_path.name, "checkpoint_step": int(ckpt["step"]),
             **({"initialisation": True} if initial else {}),
+            **({"weights": EMA_WEIGHTS} if sampled_weights(cfg, initial) == EMA_WEIGHTS else {}),
             "checkpoint_sha256": sha256_file(ckpt_path), "sampler": scfg["sampler"],
             "steps": scfg["steps"], "eta": scfg["eta"], "seed": int(seed),
             "batch_size": scfg["batch_size"], "device_type": dev.type}
@@ -220,23 +228,42 @@ def _profile(cfg: dict, model: BenchmarkModel, scfg: dict, n: int, seed: int, de
         peak_memory_gb=peak_memory_gb(dev) if measured else None,
         peak_memory_kind=peak_memory_kind(dev), device=device_description(dev),
         checkpoint=str(ckpt_path), checkpoint_step=int(ckpt["step"]),
-        checkpoint_sha256=prov["checkpoint_sha256"], provenance_key=prov["key"],
+        checkpoint_sha256=prov["checkpoint_sha256"],
+        weights=sampled_weights(cfg, bool(prov.get("initialisation"))), provenance_key=prov["key"],
         config_hash=config_hash(cfg), config=cfg, code_version=code_version())
 
 
-def _load_model(cfg: dict, ckpt: dict, dev: torch.device, initial: bool = False) -> BenchmarkModel:
+def sampled_weights(cfg: dict, initial: bool = False) -> str:
+    """Which weights a sample run of ``cfg`` uses: ``"initial"`` (``--initial``), ``"ema"`` (the
+    run kept an EMA of its weights, ``training.ema``) or ``"raw"`` (the trained weights)."""
+    if initial:
+        return "initial"
+    return EMA_WEIGHTS if cfg["training"].get("ema") is not None else "raw"
+
+
+def _load_model(cfg: dict, ckpt: dict, dev: torch.device, initial: bool = False,
+                ckpt_path: Path | None = None) -> BenchmarkModel:
     """The model of a checkpoint, its modules loaded, on ``dev`` in eval mode.
 
-    ``initial``: the run's initialisation instead, built as :class:`wdm.loop.TrainLoop` builds it
-    (global seed ``training.seed``, under a forked RNG), no weights loaded.
+    The modules get the checkpoint's ``"ema"`` state dicts when its config sets ``training.ema``
+    (:mod:`wdm.ema`), else its ``"model"`` ones. ``initial``: the run's initialisation instead,
+    built as :class:`wdm.loop.TrainLoop` builds it (global seed ``training.seed``, under a forked
+    RNG), no weights loaded (the EMA is ignored). ``ckpt_path`` names the file in errors.
     """
+    weights = sampled_weights(cfg, initial)
+    states = ckpt.get("ema") if weights == EMA_WEIGHTS else ckpt["model"]
+    if weights == EMA_WEIGHTS and states is None:
+        raise InputError(f"{ckpt_path or 'the checkpoint'}: its config sets training.ema "
+                         f"{cfg['training']['ema']} but it holds no EMA weights")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg["training"]["seed"])
         model = build_model(cfg, tuple(ckpt["data"]["shape"]))
     for name, m in model.modules().items():
         if not initial:
-            m.load_state_dict(ckpt["model"][name])
+            m.load_state_dict(states[name])
         m.to(dev).eval()
+    if not initial:
+        log.info("sampling with the %s weights of step %d", weights, int(ckpt["step"]))
     return model
 
 

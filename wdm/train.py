@@ -3,7 +3,7 @@
 Run folder layout::
 
     RUN/config.yaml              resolved run config (every default filled in)
-    RUN/checkpoints/step_NNNNNNN.pt   model, optimizer, step, RNG state, config, data info
+    RUN/checkpoints/step_NNNNNNN.pt   model, optimizer, EMA, step, RNG state, config, data info
     RUN/loss.csv                 step, loss (and any other losses the model reports), s/iteration
     RUN/train_profile.json       status, s/iteration, peak memory, steps, device, provenance (at the end)
 
@@ -16,7 +16,8 @@ The loop calls the model contract of :mod:`wdm.model` only. Under ``torchrun`` t
 split over the processes with torch DDP (:mod:`wdm.distributed`; rank 0 writes the run folder);
 ``training.precision: bf16`` runs the trained modules' forward under ``torch.autocast`` (fp32
 weights, optimizer and loss); ``training.activation_checkpointing`` recomputes residual-block
-activations in the backward pass. Running out of memory (GPU or CPU) is not a crash:
+activations in the backward pass; ``training.ema`` keeps a checkpointed moving average of the
+weights (:mod:`wdm.ema`) that sampling uses. Running out of memory (GPU or CPU) is not a crash:
 ``train_profile.json`` gets ``"status": "oom"`` and a one-line ``"error"`` (see :mod:`wdm.oom`),
 so the workflow goes on and the table shows OOM.
 """
