@@ -138,6 +138,7 @@ if (sys.argv[0].endswith("wdm-bench") and sys.argv[1:2] == [_stage]
 '''
 
 
+@pytest.mark.slow  # two 16^3 DAG runs (~35 s each): CI's slow step, keeping the default under 10 min
 @pytest.mark.parametrize("stage", ["train", "sample"])
 def test_out_of_memory_gives_an_oom_row_not_a_failed_dag(tmp_path, stage):
     hook = tmp_path / "hook"
