@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wdm.io import atomic_path, list_volumes, load_nifti
+from eval.plotting import pyplot, save_png
+from wdm.io import list_volumes, load_nifti
 from wdm.oom import STATUS_OOM, read_status
 
 __all__ = ["mid_slices", "sample_grid"]
@@ -31,11 +32,7 @@ def mid_slices(vol: np.ndarray) -> list[np.ndarray]:
 def sample_grid(sources: Mapping[str, str | os.PathLike | Sequence[np.ndarray]], out: str | os.PathLike,
                 *, n: int = 3, title: str | None = None) -> Path:
     """Save a PNG grid: per source ``n`` rows x 3 planes. Sources: folder of NIfTI or arrays."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     blocks: list[tuple[str, list[np.ndarray]]] = []
     oom: dict[str, str] = {}  # label -> error of a source that ran out of memory
     for label, src in sources.items():
@@ -75,8 +72,4 @@ def sample_grid(sources: Mapping[str, str | os.PathLike | Sequence[np.ndarray]],
         fig.suptitle(title, fontsize=10)
     # leave room for the title above the plane labels
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if title else None)
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return out
+    return save_png(fig, out, dpi=100)

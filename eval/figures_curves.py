@@ -22,11 +22,13 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from wdm.io import InputError, atomic_path, read_csv, read_json
+from eval.plotting import pyplot, save_png
+from wdm.io import InputError, read_csv, read_json
 
 __all__ = [
     "FID_STEPS_COLUMNS",
@@ -95,21 +97,8 @@ def smooth(values: Iterable[float], weight: float = 0.9) -> np.ndarray:
     return out
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, out: str | os.PathLike) -> Path:  # noqa: ANN001
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    _plt().close(fig)
-    return out
+def _save(fig: Any, out: str | os.PathLike) -> Path:
+    return save_png(fig, out, dpi=100)
 
 
 def loss_figure(runs: Mapping[str, str | os.PathLike], out: str | os.PathLike, *,
@@ -125,7 +114,7 @@ def loss_figure(runs: Mapping[str, str | os.PathLike], out: str | os.PathLike, *
         raise InputError("no runs given for the loss figure")
     if not 0.0 <= smoothing < 1.0:
         raise InputError(f"smoothing weight must be in [0, 1), got {smoothing}")
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.4), squeeze=False)
     for ax, (name, run) in zip(axes[0], runs.items(), strict=True):
         ax.set_title(name, fontsize=10)
@@ -277,7 +266,7 @@ def draw_fid_vs_steps(df: pd.DataFrame, *, title: str | None = None):  # noqa: A
     a star. Out-of-memory points are marked ``OOM`` under both metric panels. The suptitle states
     the protocol (:func:`protocol_note`).
     """
-    plt = _plt()
+    plt = pyplot()
     if df.empty:
         raise InputError("no sweep points to plot")
     fig, (ax_k, ax_f, ax_t) = plt.subplots(1, 3, figsize=(14, 4.2))

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from eval.figures import PLANES, mid_slices
-from wdm.io import InputError, atomic_path
+from eval.plotting import pyplot, save_png
+from wdm.io import InputError
 
 __all__ = ["fid_vs_n_figure", "nearest_figure"]
 
@@ -36,21 +37,8 @@ _REFERENCE = "reference"  # the real-vs-real curve: drawn grey and dashed
 _WARN = "NOT MedicalNet"  # an untrained extractor: the protocol note is drawn in red
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig: Any, out: str | os.PathLike) -> Path:
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=_DPI, format="png")
-    _plt().close(fig)
-    return out
+    return save_png(fig, out, dpi=_DPI)
 
 
 def _header(fig: Any, title: str, note: str) -> None:
@@ -137,7 +125,7 @@ def _build_fid_vs_n(curves: Sequence[Mapping], *, title: str, protocol_note: str
     checked = [_check_curve(i, c) for i, c in enumerate(curves)]
     all_ns = np.concatenate([c["ns"] for c in checked])
     xmax = 1.08 / all_ns.min()
-    fig, ax = _plt().subplots(figsize=(10, 4.8), layout="constrained")
+    fig, ax = pyplot().subplots(figsize=(10, 4.8), layout="constrained")
     handles, labels, k = [], [], 0
     for c in checked:
         ref = c["model"].strip().lower() == _REFERENCE
@@ -241,7 +229,7 @@ def _build_nearest(pairs: Sequence[Mapping], *, title: str, protocol_note: str, 
     if n_total is not None and n_total < len(checked):
         raise InputError(f"n_total must be >= the {len(checked)} pairs given, got {n_total}")
     total = len(checked) if n_total is None else n_total
-    plt = _plt()
+    plt = pyplot()
     note = _subtitle(protocol_note, total, n_generated, threshold)
     if not checked:
         fig = plt.figure(figsize=(8, 2.6))

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from eval.plotting import pyplot, save_png
 from wdm.io import InputError, atomic_path, read_json
 
 __all__ = ["CSV_COLUMNS", "series_label", "load_profiles", "profile_rows", "write_memory_csv",
@@ -184,11 +185,7 @@ def memory_figure(rows: Sequence[dict[str, Any]], out: str | os.PathLike, *,
         out: PNG path (written atomically).
         memory_limit_gb: dashed limit line in GiB (default: the rows' ``memory_limit_gb``, if any).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = [r if "label" in r else profile_rows([r])[0] for r in rows]
     memory_limit_gb, limit = _limit_line(rows, memory_limit_gb)
     ok = [r for r in rows if r["status"] == "ok" and r.get("peak_memory_gb")]
@@ -201,8 +198,4 @@ def memory_figure(rows: Sequence[dict[str, Any]], out: str | os.PathLike, *,
     for ax, mode in zip(axes, _MODES, strict=True):
         _draw_panel(ax, mode, rows, ok, colors, ylim, (memory_limit_gb, limit), resolutions)
     _finish_figure(fig, axes, rows, ok, title)
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return out
+    return save_png(fig, out, dpi=110)

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from eval.plotting import pyplot, save_png
 from eval.sanity import CURVE, RADIOMICS, VOXELS
-from wdm.io import InputError, atomic_path
+from wdm.io import InputError
 
 __all__ = ["sanity_figure", "verdict"]
 
@@ -37,15 +38,6 @@ _VERDICT = {"detects": "#2ca02c", "partial": "#ff7f0e", "blind": "#d62728", "n/a
 _METRIC_NAMES = {"fid": "FID", "kid": "KID", "precision": "precision", "recall": "recall",
                  "density": "density", "coverage": "coverage", "ms_ssim": "MS-SSIM",
                  "memorisation": "memorisation\n(fraction flagged)", "frd": "FRD"}
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def verdict(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -170,7 +162,7 @@ def sanity_figure(rows: Sequence[Mapping[str, Any]], out: str | os.PathLike, *, 
     if not metrics:
         raise InputError("sanity figure: no metric has a finite value")
     labels = {VOXELS: "voxel space", RADIOMICS: "radiomics (FRD)", **(labels or {})}
-    plt = _plt()
+    plt = pyplot()
     w, h = 1.75 * len(corruptions) + 0.9, 1.35 * len(metrics) + 1.9
     fig, axes = plt.subplots(len(metrics), len(corruptions), figsize=(w, h), squeeze=False)
     for i, m in enumerate(metrics):
@@ -196,9 +188,6 @@ def sanity_figure(rows: Sequence[Mapping[str, Any]], out: str | os.PathLike, *, 
     _legend(fig, extractors, labels)
     fig.subplots_adjust(left=0.9 / w, right=1 - 0.1 / w, bottom=0.3 / h, top=1 - 1.6 / h,
                         wspace=0.35, hspace=0.3)
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=_DPI, format="png")
-    plt.close(fig)
+    out = save_png(fig, out, dpi=_DPI)
     log.info("wrote %s (%d metrics x %d columns)", out, len(metrics), len(corruptions))
     return out

@@ -9,7 +9,8 @@ import matplotlib.text
 import numpy as np
 import pytest
 
-from eval.figures_fidelity import _build_fid_vs_n, _build_nearest, _plt, fid_vs_n_figure, nearest_figure
+from eval.figures_fidelity import _build_fid_vs_n, _build_nearest, fid_vs_n_figure, nearest_figure
+from eval.plotting import pyplot
 from wdm.io import InputError
 
 NOTE = "wdm protocol · untrained-resnet50 (NOT MedicalNet) · 2048-d · seed 1234"
@@ -68,7 +69,7 @@ def test_fid_vs_n_artists():
         top = fig.axes[0].child_axes[0]
         assert [t.get_text() for t in top.get_xticklabels()][0] == "∞"
     finally:
-        _plt().close(fig)
+        pyplot().close(fig)
 
 
 def test_fid_vs_n_writes_png(tmp_path):
@@ -109,7 +110,7 @@ def test_nearest_rows_and_labels(tmp_path):
         assert "3 of 50 generated volumes below the threshold" in text and "0.2" in text
         assert "more, see memorisation.csv" not in text
     finally:
-        _plt().close(fig)
+        pyplot().close(fig)
     out = nearest_figure(pairs, tmp_path / "nearest.png", title="copies", protocol_note=NOTE)
     _check_png(out, 400, 800)
 
@@ -124,7 +125,7 @@ def test_nearest_truncates(given, kw, more):
         assert len(fig.axes) == 2 * 6
         assert f"{more}, see memorisation.csv" in _texts(fig)
     finally:
-        _plt().close(fig)
+        pyplot().close(fig)
 
 
 def test_nearest_total_below_pairs_given_is_refused():
@@ -139,7 +140,7 @@ def test_nearest_empty(tmp_path):
         assert "no suspected memorisation" in text
         assert "(0 of 64 generated volumes below the threshold)" in text and "0.05" in text
     finally:
-        _plt().close(fig)
+        pyplot().close(fig)
     out = nearest_figure([], tmp_path / "empty.png", title="t", protocol_note=NOTE)
     _check_png(out, 150, 500)
 
