@@ -234,13 +234,17 @@ class MedicalNetResNet(nn.Module):
         h2 = self.layer2(h1)
         return [stem, h1, h2, self.layer3(h2)]
 
+    def last_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``layer4`` map (N, F, D/8, H/8, W/8) of ``x`` (N, 1, D, H, W) (stride 8: the stem
+        and max-pool halve twice, layer2 once; layer3 and layer4 are dilated)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (N, 1, D, H, W) -> features (N, F), global average over the layer4 grid."""
         if x.ndim != 5 or x.shape[1] != 1:
             raise ValueError(f"expected input (N, 1, D, H, W), got {tuple(x.shape)}")
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return x.mean(dim=(2, 3, 4))
+        return self.last_map(x).mean(dim=(2, 3, 4))
 
 
 def medicalnet_resnet(depth: int, weights: str | os.PathLike | None = None, *, seed: int = 0,

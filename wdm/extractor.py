@@ -69,16 +69,11 @@ class PhantomSegNet(nn.Module):
             nn.BatchNorm3d(HEAD_CHANNELS), nn.ReLU(inplace=True),
             nn.Conv3d(HEAD_CHANNELS, n_classes, 1))
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The encoder's layer4 map ``(N, F, D/8, H/8, W/8)`` of ``x`` (N, 1, D, H, W)."""
-        e = self.encoder
-        h = e.maxpool(e.relu(e.bn1(e.conv1(x))))
-        return e.layer4(e.layer3(e.layer2(e.layer1(h))))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, C, D, H, W)`` of ``x`` (N, 1, D, H, W) in [0, 1]."""
-        return F.interpolate(self.head(self.feature_map(x)), size=x.shape[2:], mode="trilinear",
-                             align_corners=False)
+        """Logits ``(N, C, D, H, W)`` of ``x`` (N, 1, D, H, W) in [0, 1], from the encoder's
+        layer4 map (:meth:`eval.features.MedicalNetResNet.last_map`)."""
+        return F.interpolate(self.head(self.encoder.last_map(x)), size=x.shape[2:],
+                             mode="trilinear", align_corners=False)
 
 
 def build_model(seed: int) -> PhantomSegNet:
