@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.extractors import fallback_spec, load_phantom_seg, phantom_seg_meta
+from eval.extractors import fallback_spec, load_phantom_seg
 from eval.feature_cache import check_same_extractor, load_real_stats, save_real_stats
 from eval.features import (
     MEDICALNET_WEIGHTS,
@@ -153,8 +153,11 @@ class _Extractor:
         if protocol not in PROTOCOLS:
             raise InputError(f"unknown protocol {protocol!r}; allowed: {sorted(PROTOCOLS)}")
         ckpt, self.label = resolve_weights(_resolve_spec(weights, protocol), depth=depth, seed=seed)
-        if self.label == PHANTOM_SEG_LABEL:  # depth from the file (checked: a phantom-seg file)
-            depth = phantom_seg_meta(ckpt)["depth"]
+        self._model: torch.nn.Module | None = None
+        pseg = self.label == PHANTOM_SEG_LABEL
+        if pseg:  # the file read (and checked) once; its depth is the file's
+            self._model, meta = load_phantom_seg(ckpt)
+            depth = meta["depth"]
         stem = ckpt.name.removesuffix(".pth") if ckpt is not None else None
         entry = MEDICALNET_WEIGHTS.get(stem) if stem else None
         if entry is not None and entry["depth"] != depth:
@@ -164,17 +167,14 @@ class _Extractor:
                            PROTOCOLS[protocol]["weights"], ckpt.name)
         self.ckpt, self.depth, self.protocol, self.seed = ckpt, depth, protocol, seed
         # phantom-seg was trained on [0, 1] inputs, whatever the protocol feeds MedicalNet
-        pseg = self.label == PHANTOM_SEG_LABEL
         self.input_range = (0.0, 1.0) if pseg else PROTOCOLS[protocol]["input_range"]
         self.weights_sha256 = sha256_file(ckpt) if ckpt is not None else None
         #: the protocol's own MedicalNet checkpoint: its numbers are protocol numbers.
         self.is_protocol_extractor = stem == PROTOCOLS[protocol]["weights"]
-        self._model: torch.nn.Module | None = None
 
     def features(self, volumes: Any, batch_size: int, device: str) -> np.ndarray:
         if self._model is None:  # medicalnet_resnet checks the SHA-256 of a MedicalNet file
-            self._model = (load_phantom_seg(self.ckpt)[0] if self.label == PHANTOM_SEG_LABEL
-                           else medicalnet_resnet(self.depth, self.ckpt, seed=self.seed))
+            self._model = medicalnet_resnet(self.depth, self.ckpt, seed=self.seed)
         return extract_features(self._model, volumes, batch_size=batch_size, device=device,
                                 input_range=self.input_range)
 

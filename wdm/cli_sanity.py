@@ -77,20 +77,16 @@ def _extractors(specs: list[str], settings: EvaluationSettings, batch_size: int,
 
 
 def _frd(settings: EvaluationSettings) -> tuple[FrdBackend | None, str | None]:
-    """FRD's backend (radiomics on the grid as 1 mm voxels, like evaluate) or the reason it is off."""
-    from eval.frd import frd_available, frd_from_features, radiomics_features
+    """FRD's backend (evaluate's: radiomics on the grid as 1 mm voxels) or the reason it is off;
+    an InputError when ``evaluation.frd`` is ``required`` and the backend is missing."""
+    from eval.evaluate import _frd_backend, _radiomics
+    from eval.frd import frd_available, frd_from_features
     from eval.sanity import FrdBackend
-    from wdm.io import InputError
 
-    if settings.frd == "off":
-        return None, "FRD off (evaluation.frd)"
-    ok, info = frd_available()
-    if not ok:
-        if settings.frd == "required":
-            raise InputError(f"evaluation.frd is 'required', but {info}")
-        return None, f"FRD not computed: {info}"
-    return FrdBackend(lambda v: radiomics_features(v, spacing=1.0),
-                      lambda r, f: frd_from_features(r, f)["frd"]), None
+    if _frd_backend(settings) is None:
+        off = settings.frd == "off"
+        return None, "FRD off (evaluation.frd)" if off else f"FRD not computed: {frd_available()[1]}"
+    return FrdBackend(_radiomics, lambda r, f: frd_from_features(r, f)["frd"]), None
 
 
 def _write_csv(rows: list[dict[str, Any]], labels: dict[str, str], out: Path) -> None:
