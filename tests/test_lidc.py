@@ -234,6 +234,8 @@ def test_prepare_lidc_pads_small_scans_and_records_exclusions(tmp_path: Path) ->
     assert {r["source"] for r in rows} >= {"LIDC-IDRI-0000", "LIDC-IDRI-0005.nii.gz"}
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["padded_cases"] == sorted(r["case"] for r in rows)  # all smaller than 32 mm: padded
+    assert (meta["split"], meta["test_in_train"]) == ("holdout", False)  # the defaults: ours
+    assert (meta["preprocessing"]["orientation"], meta["preprocessing"]["small_scans"]) == ("ras", "pad")
     assert meta["cases"]["LIDC-IDRI-0000"]["resampled_shape"] == [16, 20, 14]  # 11·1.25 mm -> 14
     with open(out / "excluded.csv", newline="") as f:
         (bad,) = list(csv.DictReader(f))

@@ -33,7 +33,8 @@ def _cmd_prepare(a: argparse.Namespace) -> None:
                      overwrite=a.overwrite)
     prepare(a.dataset, a.out, source=a.source, size=a.size, seed=a.seed, n_train=a.n_train,
             n_test=a.n_test, overwrite=a.overwrite, modality=a.modality, strict=a.strict,
-            threads=a.threads, progress=not a.no_progress)
+            threads=a.threads, progress=not a.no_progress, orientation=a.orientation,
+            small_scans=a.small_scans, split=a.split)
 
 
 def _cmd_train(a: argparse.Namespace) -> None:
@@ -217,6 +218,13 @@ def _args_prepare(s: argparse.ArgumentParser) -> None:
     s.add_argument("--n-test", type=at_least(0), default=20, help="volumes / cases held out for testing")
     s.add_argument("--modality", default=None, choices=["t1n", "t1c", "t2w", "t2f"],
                    help="BraTS scan (default t1n, as in the paper)")
+    s.add_argument("--orientation", default=None, choices=["ras", "las"],
+                   help="LIDC 1 mm grid: ras (default) or las (upstream's dicom2nifti orientation)")
+    s.add_argument("--small-scans", default=None, choices=["pad", "drop"],
+                   help="LIDC scans smaller than the cube: pad (default) or drop (as upstream)")
+    s.add_argument("--split", default="holdout", choices=["holdout", "upstream"],
+                   help="brats/lidc: holdout (test cases not trained on, default) or upstream "
+                        "(train on every case; test/ copies n-test of them)")
     s.add_argument("--strict", action="store_true",
                    help="turn every excluded case (excluded.csv) into an error")
     s.add_argument("--threads", type=at_least(1), default=1, help="cases processed in parallel")

@@ -5,9 +5,16 @@ patients have, are skipped with a log line) is read with pydicom, its slices ord
 slice normal by ``ImagePositionPatient`` (so reversed file or instance order does not matter),
 converted to HU with ``RescaleSlope``/``RescaleIntercept`` and checked for missing or duplicate
 slices and inconsistent spacing. Already-converted NIfTI volumes (HU) are accepted instead.
-Then: resample to 1 mm isotropic on a world-axis-aligned (RAS) grid with cubic splines; centre-crop
-or pad (with −1000 HU, never dropping a small scan; recorded) to 256³; HU < −1000 -> −1000; clip
-above at the 99.9th percentile of the scan; min-max to [0, 1]; average-pool for 128³.
+Then: resample to 1 mm isotropic on a world-axis-aligned grid with cubic splines; centre-crop
+or pad (with −1000 HU; recorded) to 256³; HU < −1000 -> −1000; clip above at the 99.9th percentile
+of the scan; min-max to [0, 1]; average-pool for 128³.
+
+Two switches reproduce the authors' script (pfriedri/wdm-3d ``utils/preproc_lidc-idri.py``):
+``orientation`` — ``ras`` (ours: array axis 0 toward the patient's Right, 1 Anterior, 2 Superior)
+or ``las`` (what ``dicom2nifti`` gives upstream: axis 0 from Right to Left, so the RAS affine's
+first column points to −x; the RAS grid mirrored along axis 0, centre-cropped in its own indices);
+``small_scans`` — ``pad`` (ours: pad a scan smaller than the cube and keep it) or ``drop``
+(upstream's bare ``except`` skips it: here an :class:`InputError`, i.e. an exclusion).
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ __all__ = [
     "resample_to_grid",
     "resample_isotropic",
     "preprocess_lidc_case",
+    "check_lidc_options",
+    "ORIENTATIONS",
+    "SMALL_SCANS",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,6 +59,10 @@ DUPLICATE_TOL_MM = 1e-2
 _NIFTI = (".nii.gz", ".nii")
 _NOT_DICOM = (".xml", ".txt", ".csv", ".json", ".md")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: Orientations of the 1 mm grid: ``ras`` (ours) or ``las`` (dicom2nifti's, used upstream).
+ORIENTATIONS: tuple[str, ...] = ("ras", "las")
+#: What to do with a scan smaller than the cube: ``pad`` (ours) or ``drop`` (upstream).
+SMALL_SCANS: tuple[str, ...] = ("pad", "drop")
 
 
 def find_lidc_cases(source: str | os.PathLike) -> list[tuple[str, Path]]:
@@ -337,29 +351,77 @@ def _read_case(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     return vol, affine, info
 
 
-def _resample_into_cube(vol: np.ndarray, affine: np.ndarray, cube: int, spacing: float,
-                        hu_min: float) -> tuple[np.ndarray, np.ndarray, tuple[int, ...],
-                                                tuple[slice, ...], np.ndarray]:
+def check_lidc_options(orientation: str, small_scans: str) -> None:
+    """:class:`InputError` listing the allowed values for an unknown ``orientation``/``small_scans``."""
+    for name, val, allowed in (("orientation", orientation, ORIENTATIONS),
+                               ("small_scans", small_scans, SMALL_SCANS)):
+        if val not in allowed:
+            raise InputError(f"unknown LIDC {name} {val!r}; allowed: {', '.join(allowed)}")
+
+
+def _las_from_ras(n0: int) -> np.ndarray:
+    """4×4 map from LAS grid voxels to RAS grid voxels of ``n0`` voxels along axis 0.
+
+    LAS voxel ``(i, j, k)`` is RAS voxel ``(n0 - 1 - i, j, k)``: the same world-aligned grid
+    mirrored along axis 0, so ``ras_affine @ _las_from_ras(n0)`` is the LAS grid's affine (its
+    first column points to −x, the patient's left; ``nibabel.aff2axcodes`` gives L, A, S).
+    """
+    flip = np.eye(4)
+    flip[0, 0], flip[0, 3] = -1.0, n0 - 1.0
+    return flip
+
+
+def _check_small_scan(name: str, shape: tuple[int, ...], affine: np.ndarray, cube: int,
+                      spacing: float, small_scans: str) -> None:
+    """With ``small_scans="drop"``, :class:`InputError` for a scan smaller than ``cube`` voxels.
+
+    Upstream resamples with ``scipy.ndimage.zoom`` to ``round(n · voxel size)`` voxels per axis,
+    centre-crops a smaller scan to less than 256³, fails its shape assertion and skips the scan
+    in a bare ``except``. The same measure here: the scan's extent along each world axis
+    (``|affine| @ shape``, voxel edges included; n · voxel size for an axis-aligned series),
+    rounded to whole ``spacing`` voxels; a case below ``cube`` on any axis is excluded.
+    """
+    extent = np.abs(np.asarray(affine, dtype=np.float64)[:3, :3]) @ np.asarray(shape, dtype=np.float64)
+    n_up = [int(round(e / spacing)) for e in extent]
+    small = [ax for ax, n in enumerate(n_up) if n < cube]
+    if small_scans != "drop" or not small:
+        return
+    axes = f"axis {small[0]}" if len(small) == 1 else f"axes {', '.join(map(str, small))}"
+    raise InputError(f"{name}: scan is {'x'.join(f'{n * spacing:g}' for n in n_up)} mm, smaller "
+                     f"than {cube * spacing:g} mm along {axes}; small_scans: drop (as upstream)")
+
+
+def _resample_into_cube(vol: np.ndarray, affine: np.ndarray, full: tuple[int, ...],
+                        grid_aff: np.ndarray, cube: int, hu_min: float, orientation: str
+                        ) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...], np.ndarray]:
     """Resample the centre window of ``vol`` that survives the crop and pad it to ``cube``³.
 
-    Returns ``(box, affine, full, content, offset)``: float32 (cube, cube, cube) in HU padded
-    with ``hu_min``, its affine, the shape of the whole isotropic grid, the slices of ``box``
-    holding resampled data, and the offset (3,) int (output voxel j = full-grid voxel j - offset).
+    ``full``, ``grid_aff``: the RAS :func:`isotropic_grid`. With ``orientation="las"`` the window
+    is chosen in the mirrored grid's own indices (as upstream crops dicom2nifti's LAS array),
+    resampled on the RAS grid and flipped along axis 0, so the values are exactly the RAS ones.
+    Returns ``(box, affine, content, offset)``: float32 (cube, cube, cube) in HU padded with
+    ``hu_min``, its affine, the slices of ``box`` holding resampled data, and the offset (3,) int
+    (output voxel j = voxel j - offset of the full grid in ``orientation``).
     """
-    full, grid_aff = isotropic_grid(vol.shape, affine, spacing)
     start = np.array([max((n - cube) // 2, 0) for n in full])
     win = tuple(min(n, cube) for n in full)
-    iso = resample_to_grid(vol, affine, win, shift_affine(grid_aff, -start), order=3, cval=hu_min)
+    ras_start, out_aff = start.copy(), grid_aff
+    if orientation == "las":
+        ras_start[0] = full[0] - start[0] - win[0]  # the same window, counted from the other end
+        out_aff = grid_aff @ _las_from_ras(full[0])
+    iso = resample_to_grid(vol, affine, win, shift_affine(grid_aff, -ras_start), order=3, cval=hu_min)
+    if orientation == "las":
+        iso = np.ascontiguousarray(iso[::-1])
     box, pad = pad_or_crop(iso, cube, pad_value=hu_min)
     offset = pad - start
     content = tuple(slice(int(p), int(p) + n) for p, n in zip(pad, win, strict=True))
-    return box, shift_affine(grid_aff, offset), full, content, offset
+    return box, shift_affine(out_aff, offset), content, offset
 
 
 def preprocess_lidc_case(path: str | os.PathLike, *, size: int = 128, cube: int = CUBE,
                          spacing: float = 1.0, hu_min: float = AIR_HU,
-                         clip_percentile: float = CLIP_PERCENTILE
-                         ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                         clip_percentile: float = CLIP_PERCENTILE, orientation: str = "ras",
+                         small_scans: str = "pad") -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Preprocess one LIDC-IDRI case; pure (reads the case's files, writes nothing).
 
     Args:
@@ -369,27 +431,34 @@ def preprocess_lidc_case(path: str | os.PathLike, *, size: int = 128, cube: int 
         spacing: the isotropic resampling grid in mm (1 in the paper).
         hu_min: lower HU bound (−1000: air); also the padding value.
         clip_percentile: the upper clip, a percentile of the scan inside the cube (pad excluded).
+        orientation: ``ras`` (array axes toward Right, Anterior, Superior) or ``las`` (toward
+            Left, Anterior, Superior: dicom2nifti's orientation, which upstream uses as it is).
+        small_scans: ``pad`` a scan smaller than the cube along an axis, or ``drop`` it (an
+            :class:`InputError`: excluded, as upstream skips it).
 
     Returns:
-        ``(volume, affine, record)``: float32 ``(size, size, size)`` in [0, 1], its RAS affine and a
-        JSON-able record (series, spacing, resampled shape, pad/crop offsets, clip value).
+        ``(volume, affine, record)``: float32 ``(size, size, size)`` in [0, 1], its voxel-to-RAS
+        affine and a JSON-able record (series, spacing, orientation, resampled shape, pad/crop
+        offsets in the grid of ``orientation``, clip value).
     """
     if size < 1 or cube % size:
         raise InputError(f"output size {size} must divide the cube side {cube}")
+    check_lidc_options(orientation, small_scans)
     path = Path(path)
     vol, affine, info = _read_case(path)
     vol = check_volume(vol, str(path))
     if vol.min() == vol.max():
         raise InputError(f"{path}: constant volume (every voxel is {float(vol.min()):g} HU)")
-    box, aff, full, content, offset = _resample_into_cube(vol, affine, cube, spacing, hu_min)
+    _check_small_scan(str(path), vol.shape, affine, cube, spacing, small_scans)
+    full, grid_aff = isotropic_grid(vol.shape, affine, spacing)
+    box, aff, content, offset = _resample_into_cube(vol, affine, full, grid_aff, cube, hu_min,
+                                                    orientation)
     np.maximum(box, hu_min, out=box)
     top = float(np.percentile(box[content], clip_percentile))
     np.minimum(box, top, out=box)
     norm = minmax(box, name=f"{path} (after HU clipping to [{hu_min:g}, {top:g}])")
     factor = cube // size
-    out = avg_pool(norm, factor)
-    aff = pool_affine(aff, factor)
-    padded = bool((offset > 0).any())
+    padded = any(n < cube for n in full)  # also a pad of 1 voxel, all after (offset 0)
     if padded:
         log.info("%s: %s mm scan is smaller than %d mm along some axis; padded with %g HU "
                  "(offset %s), not dropped", path, "x".join(map(str, full)), cube, hu_min,
@@ -398,10 +467,11 @@ def preprocess_lidc_case(path: str | os.PathLike, *, size: int = 128, cube: int 
         "source": str(path),
         "source_shape": list(vol.shape),
         "resampled_shape": list(full),
+        "orientation": orientation,
         "clip": [hu_min, top],
         "offset": offset.tolist(),
         "padded": padded,
-        "cropped": bool((offset < 0).any()),
+        "cropped": any(n > cube for n in full),
         "pool": factor,
     })
-    return out, aff, info
+    return avg_pool(norm, factor), pool_affine(aff, factor), info

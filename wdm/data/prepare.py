@@ -5,6 +5,10 @@ with columns ``file,split,shape,sha256`` (``file`` relative to the folder, ``sha
 ``32x32x32``) and ``dataset.json`` with the parameters and provenance. Real data sets (``brats``,
 ``lidc``) add the columns ``case,source,source_sha256`` and an ``excluded.csv`` (``case,source,
 reason``) listing every case left out and why; ``strict`` turns any exclusion into an error.
+
+``split`` (real data): ``holdout`` keeps the ``n_test`` seeded cases out of ``train/``; ``upstream``
+trains on every case as the WDM authors do, ``test/`` holding copies of ``n_test`` training volumes
+(listed twice in the manifest, same sha256; ``dataset.json``: ``"test_in_train": true``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +51,7 @@ __all__ = [
     "read_manifest",
     "verify_manifest",
     "split_files",
+    "SPLITS",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,12 +62,21 @@ MANIFEST_COLUMNS: tuple[str, ...] = ("file", "split", "shape", "sha256")
 #: Extra manifest columns of real data sets, after :data:`MANIFEST_COLUMNS`.
 SOURCE_COLUMNS: tuple[str, ...] = ("case", "source", "source_sha256")
 EXCLUDED = "excluded.csv"
+#: Splits of a real data set: ``holdout`` (test cases not trained on) or ``upstream`` (all trained on).
+SPLITS: tuple[str, ...] = ("holdout", "upstream")
+_SPLIT_NOTES = {"holdout": "test/ holds n_test cases that are not in train/: a held-out comparison",
+                "upstream": "as upstream WDM, train/ holds every case and test/ copies of n_test of "
+                "them: the reference row and memorisation numbers are not a held-out comparison"}
+#: The data sets each per-data-set option applies to.
+_OPTION_DATASETS = {"modality": ("brats",), "orientation": ("lidc",), "small_scans": ("lidc",)}
 
 
 def prepare(dataset: str, out: str | os.PathLike, *, source: str | os.PathLike | None = None,
             size: int = 32, seed: int = 0, n_train: int | None = None, n_test: int = 20,
             overwrite: bool = False, modality: str | None = None, strict: bool = False,
-            threads: int = 1, cube: int | None = None, progress: bool = True) -> Path:
+            threads: int = 1, cube: int | None = None, progress: bool = True,
+            orientation: str | None = None, small_scans: str | None = None,
+            split: str = "holdout") -> Path:
     """Prepare ``dataset`` at ``size``³ into ``out`` and return ``out``.
 
     Args:
@@ -81,24 +96,45 @@ def prepare(dataset: str, out: str | os.PathLike, *, source: str | os.PathLike |
         threads: cases processed in parallel (real data sets).
         cube: side of the padded/cropped cube before pooling (256, the paper's; tests use less).
         progress: show a tqdm bar.
+        orientation: LIDC 1 mm grid, ``ras`` (default) or ``las`` (upstream's dicom2nifti
+            orientation); only for ``lidc`` (:func:`wdm.data.lidc.preprocess_lidc_case`).
+        small_scans: LIDC scans smaller than the cube: ``pad`` (default) or ``drop`` (excluded, as
+            upstream); only for ``lidc``.
+        split: one of :data:`SPLITS` (module docstring); ``phantom-brain`` refuses ``upstream``.
 
     ``out`` may not be the working directory or a parent of it, nor overlap ``source``. A
     failure leaves no hidden working folder beside ``out`` and the old ``out`` as it was.
     """
     if dataset not in DATASETS:
         raise InputError(f"unknown data set {dataset!r}; allowed: {', '.join(DATASETS)}")
+    _check_options(dataset, split, modality=modality, orientation=orientation,
+                   small_scans=small_scans)
     out = Path(out)
     check_out_folder(out, source=None if dataset == "phantom-brain" else source)
     before = _leftovers(out)
+    opts = {"modality": modality, "orientation": orientation, "small_scans": small_scans}
     try:
         return _prepare(dataset, out, source=source, size=size, seed=seed, n_train=n_train,
-                        n_test=n_test, overwrite=overwrite, modality=modality, strict=strict,
-                        threads=threads, cube=cube, progress=progress)
+                        n_test=n_test, overwrite=overwrite, opts=opts, strict=strict,
+                        threads=threads, cube=cube, progress=progress, split=split)
     except BaseException:
         for folder in _leftovers(out) - before:  # an emptied ``.old-`` folder of a failed swap
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only ever removes an empty folder
         raise
+
+
+def _check_options(dataset: str, split: str, **options: str | None) -> None:
+    """Refuse an unknown ``split`` and a per-data-set option given for another data set."""
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    if split != "holdout" and dataset == "phantom-brain":
+        raise InputError(f"split {split!r} applies to brats and lidc only (phantom-brain has no "
+                         "upstream training set), expected split: holdout")
+    for name, val in options.items():
+        if val is not None and dataset not in _OPTION_DATASETS[name]:
+            raise InputError(f"{name} applies to {' and '.join(_OPTION_DATASETS[name])} only "
+                             f"(got {val!r} for {dataset})")
 
 
 def check_out_folder(out: Path, *, source: str | os.PathLike | None = None,
@@ -141,15 +177,13 @@ def _leftovers(out: Path) -> set[Path]:
 
 
 def _prepare(dataset: str, out: Path, *, source: str | os.PathLike | None, size: int, seed: int,
-             n_train: int | None, n_test: int, overwrite: bool, modality: str | None,
-             strict: bool, threads: int, cube: int | None, progress: bool) -> Path:
-    """:func:`prepare` once ``out`` has been checked."""
+             n_train: int | None, n_test: int, overwrite: bool, opts: dict[str, str | None],
+             strict: bool, threads: int, cube: int | None, progress: bool, split: str) -> Path:
+    """:func:`prepare` once ``out`` and ``opts`` (modality, orientation, small_scans) are checked."""
     if dataset == "phantom-brain":
         if source is not None:
             raise InputError("phantom-brain takes no source: it is built from the MNI152 template "
                              f"packaged with nilearn (got source={str(source)!r})")
-        if modality is not None:
-            raise InputError(f"modality applies to brats only (got {modality!r} for phantom-brain)")
         from wdm.data.phantom import make_phantom_dataset
 
         return make_phantom_dataset(out, size=size, n_train=40 if n_train is None else n_train,
@@ -157,14 +191,16 @@ def _prepare(dataset: str, out: Path, *, source: str | os.PathLike | None, size:
     if source is None:
         raise InputError(f"{dataset} needs source= (the folder of the raw data set)")
     if dataset == "brats":
-        side, cases, fn, params = _brats_job(source, size, cube, modality)
+        side, cases, fn, params = _brats_job(source, size, cube, opts["modality"])
     elif dataset == "lidc":
-        side, cases, fn, params = _lidc_job(source, size, cube, modality)
+        side, cases, fn, params = _lidc_job(source, size, cube, opts["orientation"] or "ras",
+                                            opts["small_scans"] or "pad")
     else:  # pragma: no cover
         raise AssertionError(f"unhandled data set {dataset!r}")
     return build_real_dataset(dataset, out, cases, fn, source=source, size=size, cube=side,
                               seed=seed, n_train=n_train, n_test=n_test, overwrite=overwrite,
-                              strict=strict, threads=threads, params=params, progress=progress)
+                              strict=strict, threads=threads, params=params, progress=progress,
+                              split=split)
 
 
 _Job = tuple[int, list[tuple[str, Path]], Callable[[Path], Any], dict[str, Any]]
@@ -191,23 +227,26 @@ def _brats_job(source: str | os.PathLike, size: int, cube: int | None, modality:
     return side, cases, fn, params
 
 
-def _lidc_job(source: str | os.PathLike, size: int, cube: int | None, modality: str | None) -> _Job:
+def _lidc_job(source: str | os.PathLike, size: int, cube: int | None, orientation: str,
+              small_scans: str) -> _Job:
     """``(cube side, cases, case -> (volume, affine, record), preprocessing record)`` of LIDC-IDRI."""
     from wdm.data import lidc
 
-    if modality is not None:
-        raise InputError(f"modality applies to brats only (got {modality!r} for lidc)")
+    lidc.check_lidc_options(orientation, small_scans)
     side = lidc.CUBE if cube is None else int(cube)
     _check_size(size, side)
     cases = lidc.find_lidc_cases(source)
 
     def fn(path: Path) -> Any:
-        return lidc.preprocess_lidc_case(path, size=size, cube=side)
+        return lidc.preprocess_lidc_case(path, size=size, cube=side, orientation=orientation,
+                                         small_scans=small_scans)
 
-    params = {"spacing_mm": 1.0, "interpolation": "cubic spline (order 3)",
+    params = {"orientation": orientation, "small_scans": small_scans,
+              "spacing_mm": 1.0, "interpolation": "cubic spline (order 3)",
               "hu_min": lidc.AIR_HU, "clip_percentile": lidc.CLIP_PERCENTILE,
               "pad_value": lidc.AIR_HU, "steps": [
-                  "DICOM series -> HU", "resample 1 mm isotropic", "crop/pad to cube",
+                  "DICOM series -> HU", f"resample 1 mm isotropic ({orientation.upper()} grid)",
+                  "crop/pad to cube" if small_scans == "pad" else "crop to cube, drop smaller scans",
                   "HU < -1000 -> -1000", "clip at percentile", "min-max [0, 1]", "average-pool"]}
     return side, cases, fn, params
 
@@ -227,16 +266,35 @@ def split_key(seed: int, case: str) -> str:
 
 
 def _check_real_args(cases: list[tuple[str, Path]], source: str | os.PathLike,
-                     n_train: int | None, n_test: int, threads: int) -> None:
-    """Refuse bad split sizes or thread counts, and too few cases for ``n_test``."""
+                     n_train: int | None, n_test: int, threads: int, split: str = "holdout") -> None:
+    """Refuse bad split sizes or thread counts, too few cases for ``n_test``, an unknown split
+    and (``upstream``: the test cases are the first training cases) ``n_train < n_test``."""
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     for name, val, least in (("n_test", n_test, 1), ("threads", threads, 1)):
         if not isinstance(val, int) or isinstance(val, bool) or val < least:
             raise InputError(f"{name} must be an integer >= {least}, got {val!r}")
     if n_train is not None and (not isinstance(n_train, int) or n_train < 1):
         raise InputError(f"n_train must be null (all) or an integer >= 1, got {n_train!r}")
+    if split == "upstream" and n_train is not None and n_train < n_test:
+        raise InputError(f"split upstream: n_train={n_train} must be null (all) or >= n_test="
+                         f"{n_test}, expected the test cases to be training cases")
     if len(cases) < n_test + 1:
         raise InputError(f"{source}: {len(cases)} case(s) found; n_test={n_test} needs at least "
                          f"{n_test + 1}")
+
+
+def _split_cases(ordered: list[dict[str, Any]], n_train: int | None, n_test: int, split: str
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """``(train, test, unused cases)`` of the kept cases in seeded order (:func:`split_key`).
+
+    ``test`` = the first ``n_test``; ``train`` = the next ``n_train`` (all when None) for
+    ``holdout``, the first ``n_train`` of all (the test cases too) for ``upstream``.
+    """
+    test = ordered[:n_test]
+    pool = ordered[n_test:] if split == "holdout" else ordered
+    train = pool if n_train is None else pool[:n_train]
+    return train, test, sorted(r["case"] for r in pool[len(train):])
 
 
 def _case_worker(fn: Callable[[Path], tuple[Any, Any, dict[str, Any]]], staging: Path,
@@ -265,13 +323,18 @@ def _case_worker(fn: Callable[[Path], tuple[Any, Any, dict[str, Any]]], staging:
 
 def _move_into_splits(tmp: Path, staging: Path, source: Path,
                       splits: tuple[tuple[str, list[dict[str, Any]]], ...]) -> list[list[str]]:
-    """Move each staged volume into ``tmp/<split>/``; the manifest rows, cases sorted per split."""
+    """Move each staged volume into ``tmp/<split>/``; the manifest rows, cases sorted per split.
+
+    A case in both splits (``upstream``) is copied into the first: two files, one sha256.
+    """
+    uses = Counter(r["case"] for _, group in splits for r in group)
     rows = []
     for split, group in splits:
         (tmp / split).mkdir()
         for r in sorted(group, key=lambda r: r["case"]):
             rel = f"{split}/{r['case']}.nii.gz"
-            os.replace(staging / f"{r['case']}.nii.gz", tmp / rel)
+            uses[r["case"]] -= 1
+            (shutil.copyfile if uses[r["case"]] else os.replace)(staging / f"{r['case']}.nii.gz", tmp / rel)
             rows.append([rel, split, r["shape"], r["sha256"], r["case"],
                          _rel(Path(r["record"]["source"]), source), r["record"]["source_sha256"]])
     return rows
@@ -280,7 +343,8 @@ def _move_into_splits(tmp: Path, staging: Path, source: Path,
 def _real_dataset_record(dataset: str, source: Path, n_found: int, kept: list[dict[str, Any]],
                          excluded: list[dict[str, Any]], train: list[dict[str, Any]],
                          test: list[dict[str, Any]], unused: list[str], *, size: int, cube: int,
-                         seed: int, strict: bool, params: dict[str, Any]) -> dict[str, Any]:
+                         seed: int, strict: bool, params: dict[str, Any], split: str
+                         ) -> dict[str, Any]:
     """The ``dataset.json`` of a real data set: parameters, split, per-case records, code version."""
     return {
         "name": dataset,
@@ -295,8 +359,12 @@ def _real_dataset_record(dataset: str, source: Path, n_found: int, kept: list[di
         "n_test": len(test),
         "n_unused": len(unused),
         "seed": int(seed),
-        "split": "cases sorted by sha256(f'{seed}:{case}'); the first n_test are the test set, "
-                 "the next n_train (all when null) the training set",
+        "split": split,
+        "test_in_train": split == "upstream",
+        "split_note": _SPLIT_NOTES[split],
+        "split_rule": "cases sorted by sha256(f'{seed}:{case}'); the first n_test are the test set, "
+                      + ("the next n_train (all when null) the training set" if split == "holdout"
+                         else "the first n_train (all when null) the training set"),
         "test_cases": sorted(r["case"] for r in test),
         "unused_cases": unused,
         "padded_cases": sorted(r["case"] for r in kept if r["record"].get("padded")),
@@ -312,19 +380,21 @@ def build_real_dataset(dataset: str, out: str | os.PathLike, cases: list[tuple[s
                        fn: Callable[[Path], tuple[Any, Any, dict[str, Any]]], *,
                        source: str | os.PathLike, size: int, cube: int, seed: int,
                        n_train: int | None, n_test: int, overwrite: bool, strict: bool,
-                       threads: int, params: dict[str, Any], progress: bool = True) -> Path:
+                       threads: int, params: dict[str, Any], progress: bool = True,
+                       split: str = "holdout") -> Path:
     """Run ``fn`` (one case -> volume, affine, record) over ``cases`` and write the data folder.
 
     Each case is processed in a thread pool and written at once to a staging folder inside a
     hidden sibling of ``out``; a case whose ``fn`` raises :class:`InputError` is excluded (listed
     in ``excluded.csv`` with the message) or, with ``strict``, aborts the whole run. Then the
-    seeded split (:func:`split_key`) moves the volumes into ``train/`` and ``test/``, the
+    seeded split (:func:`split_key`; ``split``: one of :data:`SPLITS`) moves the volumes into
+    ``train/`` and ``test/`` (:func:`_split_cases`), the
     manifest and ``dataset.json`` are written, and the folder is renamed onto ``out``. On any
     error the sibling is removed: nothing half-written is left.
     """
     from wdm.data.phantom import _check_out, _swap_into_place
 
-    _check_real_args(cases, source, n_train, n_test, threads)
+    _check_real_args(cases, source, n_train, n_test, threads, split)
     out = Path(out)
     source = Path(source)
     _check_out(out, overwrite)
@@ -342,24 +412,22 @@ def build_real_dataset(dataset: str, out: str | os.PathLike, cases: list[tuple[s
             raise InputError(f"{source}: only {len(kept)} of {len(cases)} case(s) usable "
                              f"({len(excluded)} excluded); n_test={n_test} needs at least {n_test + 1}")
         ordered = sorted(kept, key=lambda r: split_key(seed, r["case"]))
-        test = ordered[:n_test]
-        train = ordered[n_test:] if n_train is None else ordered[n_test:n_test + n_train]
+        train, test, unused = _split_cases(ordered, n_train, n_test, split)
         rows = _move_into_splits(tmp, staging, source, (("train", train), ("test", test)))
         shutil.rmtree(staging)
         _write_csv(tmp / MANIFEST, MANIFEST_COLUMNS + SOURCE_COLUMNS, rows)
         _write_csv(tmp / EXCLUDED, ("case", "source", "reason"),
                    [[r["case"], _rel(r["path"], source), r["excluded"]] for r in excluded])
-        unused = sorted(r["case"] for r in ordered[n_test + len(train):])
         write_json_atomic(tmp / "dataset.json", _real_dataset_record(
             dataset, source, len(cases), kept, excluded, train, test, unused, size=size, cube=cube,
-            seed=seed, strict=strict, params=params))
+            seed=seed, strict=strict, params=params, split=split))
         _swap_into_place(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("wrote %s: %d train + %d test volumes of %d³ from %d case(s), %d excluded (%s) in %.1f s",
-             out, len(train), len(test), size, len(cases), len(excluded), EXCLUDED,
-             time.perf_counter() - t0)
+    log.info("wrote %s: %d train + %d test volumes of %d³ (split %s) from %d case(s), %d excluded "
+             "(%s) in %.1f s", out, len(train), len(test), size, split, len(cases), len(excluded),
+             EXCLUDED, time.perf_counter() - t0)
     return out
 
 

@@ -26,6 +26,24 @@ rule prepare_data:
             else ""
         ),
         strict=lambda w: "--strict" if dataset_cfg(w.dataset)["strict"] else "",
+        # Upstream switches, each passed only where it applies (a param: a change re-prepares).
+        orientation=lambda w: (
+            f"--orientation {shlex_quote(dataset_cfg(w.dataset)['orientation'])}"
+            if dataset_cfg(w.dataset)["kind"] == "lidc"
+            else ""
+        ),
+        small_scans=lambda w: (
+            f"--small-scans {shlex_quote(dataset_cfg(w.dataset)['small_scans'])}"
+            if dataset_cfg(w.dataset)["kind"] == "lidc"
+            else ""
+        ),
+        # brats/lidc; phantom-brain only when not holdout, so that prepare refuses it in one line.
+        split=lambda w: (
+            f"--split {shlex_quote(dataset_cfg(w.dataset)['split'])}"
+            if dataset_cfg(w.dataset)["kind"] in ("brats", "lidc")
+            or dataset_cfg(w.dataset)["split"] != "holdout"
+            else ""
+        ),
         out=lambda w: f"data/{w.dataset}/{w.res}",
     log:
         "logs/{dataset}/{res}/prepare.log",
@@ -42,6 +60,7 @@ rule prepare_data:
         runtime=lambda w: 60 if dataset_cfg(w.dataset)["kind"] == "phantom-brain" else 12 * 60,
     shell:
         "wdm-bench prepare --dataset {params.kind:q} --out {params.out:q} {params.source} "
-        "{params.n_train} {params.modality} {params.strict} --size {wildcards.res} "
+        "{params.n_train} {params.modality} {params.strict} {params.orientation} "
+        "{params.small_scans} {params.split} --size {wildcards.res} "
         "--seed {params.seed} --n-test {params.n_test} --threads {threads} --no-progress "
         "--overwrite > {log:q} 2>&1"
