@@ -11,6 +11,10 @@ as BatchNorm statistics or a VQ-GAN's EMA codebook, and frozen parameters) is no
 copied as it is at each update, so an EMA state dict loads into its module like the raw one. The
 average is kept in float32 beside the weights (on their device), starts at the initial weights and
 is checkpointed (:meth:`EMA.state_dict`), so a resumed run continues it bit-identically.
+
+Khader et al.'s trainer updates its EMA only every 10th step and, before step 2000, copies the
+weights into it instead (``update_ema_every``, ``step_start_ema``): ``training.ema_every`` and
+``training.ema_start`` (:meth:`EMA.after_step`); 1 and 0, every step from the start, by default.
 """
 
 from __future__ import annotations
@@ -33,12 +37,17 @@ class EMA:
     Args:
         modules: the unwrapped trained modules by name (their state-dict keys are the EMA's keys).
         rate: the decay in (0, 1); the weight of the new parameters per update is ``1 - rate``.
+        every: :meth:`after_step` acts on 0-based steps divisible by this.
+        start: :meth:`after_step` copies the weights (no averaging) before this 0-based step.
     """
 
-    def __init__(self, modules: dict[str, nn.Module], rate: float) -> None:
+    def __init__(self, modules: dict[str, nn.Module], rate: float, every: int = 1,
+                 start: int = 0) -> None:
         if not 0.0 < rate < 1.0:
             raise ValueError(f"EMA rate must lie in (0, 1), got {rate}")
-        self.rate = float(rate)
+        if every < 1 or start < 0:
+            raise ValueError(f"EMA every must be >= 1 and start >= 0, got {every}, {start}")
+        self.rate, self.every, self.start = float(rate), int(every), int(start)
         self.modules = modules
         self.shadow: dict[str, dict[str, torch.Tensor]] = {}
         self.averaged: dict[str, set[str]] = {}  # per module: the state-dict keys averaged
@@ -50,8 +59,26 @@ class EMA:
                                  else t.detach().clone() for k, t in state.items()}
         n_avg = sum(len(keys) for keys in self.averaged.values())
         n_all = sum(len(sd) for sd in self.shadow.values())
-        log.info("EMA of the weights at rate %g: %d tensors averaged, %d copied", self.rate, n_avg,
-                 n_all - n_avg)
+        log.info("EMA of the weights at rate %g (every %d step(s), from step %d): %d tensors "
+                 "averaged, %d copied", self.rate, self.every, self.start, n_avg, n_all - n_avg)
+
+    def after_step(self, step: int) -> None:
+        """The EMA's action after the optimizer step of 0-based ``step``: nothing unless ``step``
+        is divisible by ``every``; then a copy of the weights before ``start``, else :meth:`update`."""
+        if step % self.every:
+            return
+        if step < self.start:
+            self.reset()
+        else:
+            self.update()
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Set the EMA to the modules' current state (weights and buffers)."""
+        for name, module in self.modules.items():
+            shadow = self.shadow[name]
+            for key, t in module.state_dict().items():
+                shadow[key].copy_(t)
 
     @torch.no_grad()
     def update(self) -> None:

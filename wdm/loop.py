@@ -103,7 +103,7 @@ class Training:
         """One update on ``x`` (B, 1, D, H, W) in [-1, 1]; ``step`` 0-based. The EMA follows it."""
         out = model.training_step(x, generator, self.optimizers, step, **self.step_options)
         if self.ema is not None:
-            self.ema.update()
+            self.ema.after_step(step)
         return out
 
 
@@ -152,7 +152,8 @@ def setup_training(model: BenchmarkModel, tcfg: dict, device: torch.device,
     options: dict[str, Any] = {"grad_clip": tcfg["grad_clip"]}
     if ctx.enabled:
         options["shard"] = (distributed.shard_bounds(tcfg["batch_size"], ctx)[0], tcfg["batch_size"])
-    ema = EMA(modules, tcfg["ema"]) if tcfg.get("ema") is not None else None
+    ema = (EMA(modules, tcfg["ema"], tcfg["ema_every"], tcfg["ema_start"])
+           if tcfg.get("ema") is not None else None)
     return Training(modules, optimizers, options, checkpointing, ema)
 
 

@@ -229,7 +229,7 @@ def configure_stage(cfg: dict, run_dir: str | os.PathLike, stage: str | None = N
 
 
 class DiffusionModel(BenchmarkModel):
-    """x0-predicting Gaussian diffusion on a fixed representation of the volume (shared base).
+    """Gaussian diffusion on a fixed representation of the volume (shared base).
 
     The representation is given by three hooks a subclass may override: ``encode`` (voxels ->
     diffusion state), ``decode`` (state -> voxels) and ``clip_x0`` (projection of a predicted
@@ -271,7 +271,8 @@ class DiffusionModel(BenchmarkModel):
 
     def loss(self, x: torch.Tensor, generator: torch.Generator,
              shard: tuple[int, int] | None = None) -> torch.Tensor:
-        """x0-prediction MSE on the encoded batch. ``x``: (B, 1, D, H, W) in [-1, 1].
+        """The diffusion's training error on the encoded batch (x0-prediction MSE by default; see
+        :meth:`GaussianDiffusion.training_loss`). ``x``: (B, 1, D, H, W) in [-1, 1].
 
         ``shard``: ``(start, global_batch)`` under data-parallel training (see
         :meth:`GaussianDiffusion.training_loss`); None for a single process.
@@ -279,8 +280,9 @@ class DiffusionModel(BenchmarkModel):
         return self.diffusion.training_loss(self.network, self.encode(x), generator, shard=shard)
 
     def denoise(self, c_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Predicted clean state for a (B, *state_shape) noisy one, clipped if enabled."""
-        c0 = self.network(c_t, t)
+        """Predicted clean state for a (B, *state_shape) noisy one, clipped if enabled (an
+        ε-predicting network's output is converted to x0 first, as Khader et al. before clipping)."""
+        c0 = self.diffusion.predict_x0(c_t, t, self.network(c_t, t))
         return self.clip_x0(c0) if self.clip else c0
 
     @torch.no_grad()

@@ -59,12 +59,13 @@ def ddpm(
     dtype: torch.dtype = torch.float32,
     eta: float = 1.0,
 ) -> torch.Tensor:
-    """Ancestral DDPM sampling with fixed-large variance (Ho et al. 2020, Algorithm 2).
+    """Ancestral DDPM sampling (Ho et al. 2020, Algorithm 2).
 
     x_T ~ N(0, I); for each (t, s) on the chain: x0_hat = denoise(x_t, t),
-    x_s = posterior_mean(x0_hat, x_t) + sqrt(beta') z with z ~ N(0, I), except at the last step.
-    WDM uses steps = T = 1000. ``eta`` is ignored (ancestral sampling is DDIM's eta = 1 with the
-    fixed-large variance). Returns the final x0 prediction, shape ``shape``.
+    x_s = posterior_mean(x0_hat, x_t) + sqrt(var) z with z ~ N(0, I), except at the last step;
+    var = beta' (``diffusion.variance`` fixed_large, WDM's) or the posterior variance
+    (fixed_small, Khader et al.'s), see :meth:`GaussianDiffusion.step_variance`. WDM uses
+    steps = T = 1000. ``eta`` is ignored. Returns the final x0 prediction, shape ``shape``.
     """
     ts = timestep_sequence(diffusion.num_timesteps, steps or diffusion.num_timesteps)
     x = _randn(shape, generator, device, dtype)
@@ -73,8 +74,8 @@ def ddpm(
         x0 = denoise(x, tt)
         if s < 0:
             break
-        mean, _, var_large = diffusion.posterior(x0, x, t, s)
-        x = mean + math.sqrt(var_large) * _randn(shape, generator, device, dtype)
+        mean, _, _ = diffusion.posterior(x0, x, t, s)
+        x = mean + math.sqrt(diffusion.step_variance(t, s)) * _randn(shape, generator, device, dtype)
     return x0
 
 
