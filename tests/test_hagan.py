@@ -87,9 +87,9 @@ def test_sub_volume_selection():
     starts = {m.sample_slab(gen) for _ in range(400)}
     assert starts == set(range(0, 8))  # uniform over every admissible start, none beyond
     x = torch.arange(32.0).view(1, 1, 32, 1, 1).expand(1, 1, 32, 32, 32)
-    crop = m.crop(x, 5)
+    crop = m.crop(x, 21)  # a voxel start (upstream's crop_idx), not a slab index
     assert crop.shape == (1, 1, 4, 32, 32)
-    assert crop[0, 0, :, 0, 0].tolist() == [20.0, 21.0, 22.0, 23.0]  # axial, starting at 4 * slab
+    assert crop[0, 0, :, 0, 0].tolist() == [21.0, 22.0, 23.0, 24.0]  # axial, starting at voxel 21
     assert m.encode_volume(torch.zeros(2, 1, 32, 32, 32)).shape[2] == 8  # 8 slabs tile the depth
     m64 = _model(64)
     assert {m64.sample_slab(gen) for _ in range(400)} == set(range(0, 15))  # 16 - 2 + 1 starts
@@ -141,8 +141,10 @@ def test_downsample_modes():
         downsample(x, 4, "cubic")
 
 
-def test_two_steps_one_sample_and_exact_resume(phantom16, tmp_path):
-    cfg = resolve_run_config(TINY_HAGAN)
+@pytest.mark.parametrize("crop", ["upstream", "aligned"])
+def test_two_steps_one_sample_and_exact_resume(phantom16, tmp_path, crop):
+    cfg = resolve_run_config({**TINY_HAGAN, "hagan": {"preset": "tiny", "crop": crop}})
+    assert cfg["hagan"]["crop"] == crop
     prof = train(cfg, phantom16, tmp_path / "run", progress=False)
     assert prof["finished"] and prof["steps_trained"] == 2
     with open(tmp_path / "run" / "loss.csv") as f:
@@ -181,6 +183,7 @@ def test_reconstruction_losses_decrease_on_constant_volumes():
 def test_config_validation_and_shape_errors():
     cfg = resolve_run_config({"model": "hagan"})
     assert cfg["hagan"]["preset"] == "small" and cfg["hagan"]["betas"] == [0.0, 0.999]
+    assert cfg["hagan"]["crop"] == "upstream"  # as the authors ran it (see test_hagan_crop.py)
     assert (cfg["hagan"]["lr_g"], cfg["hagan"]["lr_d"], cfg["hagan"]["lr_e"]) == (1e-4, 4e-4, 1e-4)
     with pytest.raises(InputError, match=r"hagan\.preset"):
         resolve_run_config({"model": "hagan", "hagan": {"preset": "huge"}})

@@ -38,7 +38,8 @@ def downsample(x: torch.Tensor, factor: int = 4, mode: str = "nearest") -> torch
     raise ValueError(f"hagan.downsample: unknown mode {mode!r}; allowed: ['area', 'nearest']")
 
 
-def slab_position(slab: int, last: int, batch: int, device: torch.device | str) -> torch.Tensor:
-    """Start of the sub-volume normalised to [0, 1] by the last possible start (upstream:
-    crop_idx / (S * 7/8)); shape (B,)."""
-    return torch.full((batch,), slab / last, device=device)
+def slab_position(start: int, last: int, batch: int, device: torch.device | str) -> torch.Tensor:
+    """Start of the sub-volume (voxels) normalised to [0, 1] by the last possible start, the
+    discriminator's position input (upstream ``Model_HA_GAN_256.py``: ``crop_idx / 224.``,
+    ``_128.py``: ``crop_idx / 112.``, i.e. / (S * 7/8)); shape (B,)."""
+    return torch.full((batch,), start / last, device=device)

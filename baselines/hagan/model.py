@@ -3,20 +3,24 @@ Resolution Medical Image Synthesis", IEEE JBHI 2022; github.com/batmanlab/HA-GAN
 
 One training iteration (:meth:`Model.training_step`) on a batch ``x`` (B, 1, S, S, S) in [-1, 1]:
 
-1. draw a slab start ``j`` uniformly on the low-resolution grid (0 <= j <= L - L/8); the real
-   sub-volume is ``x[:, :, 4j : 4j + S/8]`` (1/8 of the depth, aligned with the generator's
-   feature slab) and the real low-resolution volume is ``x`` downsampled by 4;
+1. draw the crop start ``c`` (voxels, :meth:`Model.sample_crop`, ``hagan.crop``): the real
+   sub-volume is ``x[:, :, c : c + S/8]`` (1/8 of the depth), the generator's feature slab starts
+   at ``c // 4`` on the L grid, D is told ``c / (S - S/8)``; the real low-resolution volume is
+   ``x`` downsampled by 4. ``upstream`` (upstream ``train.py``, default): ``c`` any voxel in
+   0..S - S/8, so the real and the generated sub-volume can be up to 3 voxels apart;
+   ``aligned``: ``c`` a multiple of 4 (the real crop starts where the generator's slab does);
 2. D: BCE(D(real), 1) + BCE(D(G(z)), 0), Adam lr 4e-4;
 3. G: non-saturating BCE(D(G(z')), 1) with fresh noise, Adam lr 1e-4 (G is trained by this loss
    only: it is frozen during the encoder updates, as upstream);
 4. E^H: L1(G^H(E^H(real sub-volume)), real sub-volume), Adam lr 1e-4;
 5. E^A: features of the 8 slabs of ``x`` by E^H (no gradient), concatenated along depth, ->
-   ``z_hat = E^A(.)``; loss (L1(sub-volume of G(z_hat)) + L1(low-res of G(z_hat))) / 2, Adam lr 1e-4.
+   ``z_hat = E^A(.)``; loss (L1(sub-volume of G(z_hat)) + L1(low-res of G(z_hat))) / 2, Adam lr 1e-4;
+   G(z_hat) uses the iteration's slab ``c // 4`` and is compared with the real crop at ``c``.
 
 All Adam optimizers use betas (0, 0.999) (``hagan.betas``). The paper trains with batch 4 for 80k
 iterations (``training.batch_size: 4``, ``training.steps: 80000`` with ``hagan.preset: hagan-128`` or
 ``hagan-256``). ``training.lr`` and ``training.weight_decay`` are unused.
-All randomness (slab, noise) comes from the loop's ``torch.Generator``.
+All randomness (crop start, noise) comes from the loop's ``torch.Generator``.
 """
 
 from __future__ import annotations
@@ -35,12 +39,16 @@ from baselines.hagan.networks import (
     Generator,
     SubEncoder,
     check_volume_shape,
+    feature_slab,
     resolve_widths,
     slab_depth,
 )
 from wdm.model import BenchmarkModel, register_model
 
-__all__ = ["Model"]
+__all__ = ["CROP_MODES", "Model"]
+
+#: Values of ``hagan.crop`` (see :meth:`Model.sample_crop`).
+CROP_MODES = ("aligned", "upstream")
 
 
 @contextlib.contextmanager
@@ -76,7 +84,11 @@ class Model(BenchmarkModel):
         self.slab_depth = slab_depth(self.side)  # on the L grid; L/8 from S = 32 up
         self.sub_depth = 4 * self.slab_depth  # voxels: S/8 from S = 32 up
         self.n_slabs = self.low_side // self.slab_depth
+        self.last_start = self.side - self.sub_depth  # voxels: S * 7/8 from S = 32 up
         self.hcfg = cfg["hagan"]
+        self.crop_mode = str(self.hcfg.get("crop", "upstream"))
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"hagan.crop: unknown mode {self.crop_mode!r}; allowed: {list(CROP_MODES)}")
         w = resolve_widths(self.hcfg)
         self.latent_dim = w["latent_dim"]
         self.generator = Generator(self.side, w["latent_dim"], w["g_channels"])
@@ -106,9 +118,24 @@ class Model(BenchmarkModel):
         n = self.low_side - self.slab_depth + 1
         return int(torch.randint(0, n, (1,), generator=generator, device=generator.device).item())
 
-    def crop(self, x: torch.Tensor, slab: int) -> torch.Tensor:
-        """(B, 1, S, S, S) -> the (B, 1, sub_depth, S, S) sub-volume starting at voxel 4 * slab."""
-        return x[:, :, 4 * slab: 4 * slab + self.sub_depth]
+    def sample_crop(self, generator: torch.Generator) -> int:
+        """Depth index ``c`` (voxels) where the iteration's real sub-volume starts (``hagan.crop``).
+
+        ``upstream``: uniform over every voxel 0..``last_start``, as upstream ``train.py``
+        (``np.random.randint(0, S*7/8 + 1)``, an exclusive bound, so S·7/8 is included).
+        ``last_start`` = S - sub_depth is S·7/8 from S = 32 up; at S = 16 the sub-volume is 4
+        voxels (one feature voxel) deep, so c <= 12 (upstream's 14 would overrun the volume).
+        ``aligned``: 4 * :meth:`sample_slab`, a multiple of 4 (one draw, as before the switch).
+        """
+        if self.crop_mode == "aligned":
+            return 4 * self.sample_slab(generator)
+        n = self.last_start + 1
+        return int(torch.randint(0, n, (1,), generator=generator, device=generator.device).item())
+
+    def crop(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """(B, 1, S, S, S) -> the (B, 1, sub_depth, S, S) sub-volume starting at voxel ``start``
+        (upstream ``real_images[:, :, crop_idx : crop_idx + S//8]``)."""
+        return x[:, :, start: start + self.sub_depth]
 
     def noise(self, n: int, generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
         """z ~ N(0, I), (n, latent_dim), drawn on the generator's device."""
@@ -118,7 +145,7 @@ class Model(BenchmarkModel):
     def encode_volume(self, x: torch.Tensor) -> torch.Tensor:
         """E^H on the slabs of ``x`` (B, 1, S, S, S) (8 from S = 32 up), concatenated along
         depth: (B, 2c, L, L, L)."""
-        slabs = [self.crop(x, k * self.slab_depth) for k in range(self.n_slabs)]
+        slabs = [self.crop(x, k * self.sub_depth) for k in range(self.n_slabs)]  # upstream: aligned
         return torch.cat([self.encoder(s) for s in slabs], dim=2)
 
     # -- training ------------------------------------------------------------------------------
@@ -132,10 +159,11 @@ class Model(BenchmarkModel):
         """
         G, D, E, SE = self.generator, self.discriminator, self.encoder, self.sub_encoder
         b, dev = x.shape[0], x.device
-        slab = self.sample_slab(generator)
-        real_sub = self.crop(x, slab)
+        start = self.sample_crop(generator)  # voxels; upstream's crop_idx
+        slab = feature_slab(start)  # the generator's slab, on the L grid
+        real_sub = self.crop(x, start)
         real_low = losses.downsample(x, 4, self.hcfg["downsample"])
-        pos = losses.slab_position(slab, self.low_side - self.slab_depth, b, dev)
+        pos = losses.slab_position(start, self.last_start, b, dev)
 
         # D: real -> 1, fake -> 0.
         with torch.no_grad():

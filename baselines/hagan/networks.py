@@ -15,9 +15,10 @@ Notation: ``S`` volume side, ``L = S / 4`` the low-resolution side, ``c`` the ge
   (four) generator exactly.
 * :class:`Discriminator`: D^H on the (B, 1, S/8, S, S) sub-volume (spectral-norm convs, LeakyReLU
   0.2: full stride-2 k4 convs while the depth exceeds 4, then (2,4,4)/2 convs to depth 1, then
-  (1,4,4)/(1,2,2) convs to 4x4, a valid (1,4,4) conv; the normalised slab position is appended
-  before two spectral-norm linear layers) and D^L on the (B, 1, L, L, L) low-resolution volume
-  (stride-2 k4 convs to 4³, a valid k4 conv); the two logits are averaged.
+  (1,4,4)/(1,2,2) convs to 4x4, a valid (1,4,4) conv; the crop position c / (S - S/8) in [0, 1]
+  is appended before two spectral-norm linear layers, as upstream's ``crop_idx / 224.``) and D^L
+  on the (B, 1, L, L, L) low-resolution volume (stride-2 k4 convs to 4³, a valid k4 conv); the
+  two logits are averaged.
 * :class:`Encoder` (E^H): sub-volume (B, 1, S/8, S, S) -> features (B, 2c, L/8, L, L), the input
   space of G^H. :class:`SubEncoder` (E^A): features of the whole volume (B, 2c, L, L, L) -> ``z``.
 
@@ -37,7 +38,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 __all__ = ["HAGAN_PRESETS", "Generator", "Discriminator", "Encoder", "SubEncoder",
-           "check_volume_shape", "resolve_widths", "slab_depth"]
+           "check_volume_shape", "feature_slab", "resolve_widths", "slab_depth"]
 
 #: Named widths; any field can be overridden in the run config's ``hagan`` section.
 #: ``hagan-128`` / ``hagan-256`` are the paper's networks (their depth follows from the volume
@@ -79,6 +80,13 @@ def check_volume_shape(shape: tuple[int, ...]) -> int:
 def slab_depth(side: int) -> int:
     """Depth of the training slab on the L = S/4 feature grid: L/8 (S/8 voxels), at least 1."""
     return max(side // 32, 1)
+
+
+def feature_slab(start: int) -> int:
+    """Start on the L = S/4 feature grid of the generator's slab for a real crop starting at
+    voxel ``start``: ``start // 4``, as upstream ``Model_HA_GAN_{128,256}.py``
+    (``h_latent[:, :, crop_idx//4 : crop_idx//4 + S/32]``); the two are up to 3 voxels apart."""
+    return start // 4
 
 
 def _norm(ch: int) -> nn.GroupNorm:
@@ -141,8 +149,9 @@ class Generator(nn.Module):
         return torch.tanh(h)
 
     def forward(self, z: torch.Tensor, slab: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training mode when ``slab`` (start on the L grid) is given: (sub-volume of depth S/8,
-        low-resolution volume); otherwise (full (B, 1, S, S, S) volume, low-resolution volume)."""
+        """Training mode when ``slab`` (start on the L grid, :func:`feature_slab` of the crop) is
+        given: (sub-volume of depth S/8, low-resolution volume); otherwise (full (B, 1, S, S, S)
+        volume, low-resolution volume)."""
         feats = self.features(z)
         low = self.low_res(feats)
         if slab is not None:
