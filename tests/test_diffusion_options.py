@@ -134,3 +134,14 @@ def test_ema_every_and_start_follow_khader_et_al():
             expected = float(step + 1) if step < 4 else 0.5 * expected + 0.5 * (step + 1)
         assert float(ema.state_dict()["m"]["w"]) == pytest.approx(expected)
     assert expected == pytest.approx(0.5 * (0.5 * 3 + 0.5 * 5) + 0.5 * 7)
+
+
+def test_ldm_stage_one_keeps_its_own_ema_setting():
+    """training.ema is stage 2's; the VQ-GAN's is ldm.vqgan.ema (null, as Khader et al.)."""
+    from baselines.ldm.config import stage_config
+
+    cfg = resolve_run_config({"model": "ldm", "training": {"ema": 0.995, "ema_every": 10}})
+    assert stage_config(cfg, "vqgan")["training"]["ema"] is None
+    assert stage_config(cfg, "diffusion", "elsewhere")["training"]["ema"] == 0.995
+    cfg["ldm"]["vqgan"]["ema"] = 0.9
+    assert stage_config(cfg, "vqgan")["training"]["ema"] == 0.9

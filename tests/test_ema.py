@@ -141,7 +141,8 @@ def test_ema_on_both_ldm_stages(phantom16, tmp_path):
     from tests.test_ldm import TINY_LDM
 
     cfg = copy.deepcopy(TINY_LDM)
-    cfg["training"]["ema"] = 0.9
+    cfg["training"]["ema"] = 0.9  # stage 2's
+    cfg["ldm"]["vqgan"]["ema"] = 0.9  # stage 1's
     train(cfg, phantom16, tmp_path / "ldm" / "vqgan", stage="vqgan", progress=False)
     vq = load_checkpoint(latest_checkpoint(tmp_path / "ldm" / "vqgan"))
     assert set(vq["ema"]) == {"vqgan", "disc"}  # several networks and optimizers

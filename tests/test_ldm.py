@@ -163,6 +163,28 @@ def test_perceptual_term_on_with_weights(tmp_path):
     assert out["perceptual_on"].item() == 1.0 and out["perceptual"].item() > 0
 
 
+def test_stage1_resume_is_bit_identical(phantom16, tmp_path):
+    """Stopped after step 1 (before the discriminators start) and resumed: the same weights and
+    losses as 2 steps in one go (slices, codebook restarts: all from the checkpointed generator)."""
+    from wdm.train import train
+
+    cfg = {**TINY_LDM, "ldm": {"vqgan": {**TINY_LDM["ldm"]["vqgan"], "steps": 3}}}
+    train(cfg, phantom16, tmp_path / "a", stage="vqgan", progress=False)
+    train(cfg, phantom16, tmp_path / "b", stage="vqgan", progress=False, max_steps=1)
+    train(cfg, phantom16, tmp_path / "b", stage="vqgan", progress=False, resume=True)
+    a, b = (torch.load(tmp_path / r / "checkpoints" / "step_0000003.pt", weights_only=True)
+            for r in ("a", "b"))
+    for name, sd in a["model"].items():
+        for key, val in sd.items():
+            assert torch.equal(val, b["model"][name][key]), (name, key)
+    rows = []
+    for r in ("a", "b"):
+        with open(tmp_path / r / "loss.csv") as f:
+            rows.append({row["step"]: (row["loss"], row["d_loss"], row["feat_match"])
+                         for row in csv.DictReader(f)})
+    assert rows[0] == rows[1] and len(rows[0]) == 3
+
+
 @pytest.fixture(scope="module")
 def two_stage_runs(tmp_path_factory, phantom16) -> dict[str, Path]:
     """Both stages trained 2 steps each through the CLI (`wdm-bench train` twice), no MedicalNet."""
@@ -197,10 +219,14 @@ def test_two_stages_and_sample_through_cli(two_stage_runs, tmp_path):
     assert p1["steps_trained"] == 2 and p1["model_info"]["stage"] == "vqgan"
     # Perceptual term: no weights -> off, and the run says so (profile + loss log).
     assert p1["model_info"]["perceptual"].startswith("off")
+    assert p1["model_info"]["perceptual_kind"] == "off"
+    assert p1["model_info"]["discriminators"] == {"image_2d": True, "video_3d": True}
     with open(vq / "loss.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["perceptual_on"] for r in rows] == ["0", "0"]
-    assert {"rec_l1", "commitment", "g_adv", "d_loss", "restarted"} <= set(rows[0])
+    assert {"rec_l1", "commitment", "g_image", "g_video", "feat_match", "g_adv", "d_image",
+            "d_video", "d_loss", "restarted"} <= set(rows[0])
+    assert float(rows[0]["d_loss"]) == 0.0 and float(rows[1]["d_loss"]) > 0  # disc_start 1
     p2 = json.loads((run / "train_profile.json").read_text())
     assert p2["model_info"]["stage"] == "diffusion" and p2["model_info"]["latent_shape"] == [4, 4, 4, 4]
     lo, hi = p2["model_info"]["latent_range"]

@@ -62,6 +62,24 @@ def test_workflow_config_lists_every_model_with_its_paper_run_config(path: Path)
         assert cfg["model"] == model
 
 
+@pytest.mark.parametrize("path", WORKFLOW_CONFIGS, ids=lambda p: p.stem)
+def test_paper_data_configs_follow_upstream(path: Path):
+    """Upstream WDM trains on every case (pfriedri/wdm-3d); its LIDC script keeps dicom2nifti's
+    LAS array and drops scans smaller than 256 mm. The schema defaults stay ours."""
+    (dataset,) = load_workflow_config(path)["datasets"].values()
+    assert dataset["split"] == "upstream"
+    assert dataset["n_train"] is None  # every case: the test cases are trained on too
+    if dataset["kind"] == "lidc":
+        assert (dataset["orientation"], dataset["small_scans"]) == ("las", "drop")
+    text = path.read_text()
+    assert "split: upstream    # as pfriedri/wdm-3d" in text
+
+
+def test_schema_defaults_are_ours():
+    (dataset,) = load_workflow_config(REPO / "config" / "config.yaml")["datasets"].values()
+    assert (dataset["split"], dataset["orientation"], dataset["small_scans"]) == ("holdout", "ras", "pad")
+
+
 @pytest.mark.parametrize("res", [128, 256])
 def test_paper_hyperparameters(res: int):
     run = {m: load_run_config(PAPER / "models" / f"{m}_{res}.yaml") for m in MODELS}
@@ -80,9 +98,16 @@ def test_paper_hyperparameters(res: int):
     assert (h["lr_g"], h["lr_d"], h["lr_e"], h["betas"]) == (1e-4, 4e-4, 1e-4, [0.0, 0.999])
     assert (hagan["training"]["batch_size"], hagan["training"]["steps"]) == (4, 80_000)
     v = ldm["ldm"]["vqgan"]
-    assert v["preset"] == f"paper-{res}" and v["lr"] == 3e-4 and v["batch_size"] == 2
-    assert (ldm["diffusion"]["schedule"], ldm["diffusion"]["timesteps"]) == ("cosine", 300)
-    assert ldm["training"]["lr"] == 1e-4 and ldm["training"]["steps"] == 700_000
+    # medicaldiffusion's effective VQ-GAN lr: 3e-4 x (1 GPU / 8) x (batch 2 / 4), gradient clip 1
+    assert v["preset"] == f"paper-{res}" and v["lr"] == 1.875e-5 and v["batch_size"] == 2
+    assert (v["grad_clip"], v["ema"], v["disc_start"]) == (1.0, None, 10_000)
+    d = ldm["diffusion"]
+    assert (d["schedule"], d["timesteps"], d["max_beta"]) == ("cosine", 300, 0.9999)
+    assert (d["prediction"], d["loss"], d["variance"]) == ("eps", "l1", "fixed_small")
+    t = ldm["training"]
+    assert (t["ema"], t["ema_every"], t["ema_start"]) == (0.995, 10, 2000)
+    assert t["lr"] == 1e-4 and t["steps"] == 700_000
+    assert stage_config(ldm, "vqgan")["training"]["grad_clip"] == 1.0
 
 
 @pytest.mark.parametrize("res", [128, 256])

@@ -1,7 +1,8 @@
 """Per-stage run configs of the latent diffusion baseline, derived from one config file.
 
-``config/models/ldm.yaml`` holds both stages: ``training`` is stage 2's, ``ldm.vqgan.steps`` and
-``ldm.vqgan.batch_size`` are stage 1's. :func:`stage_config` returns the run config of one stage.
+``config/models/ldm.yaml`` holds both stages: ``training`` is stage 2's (its ``ema`` too),
+``ldm.vqgan.steps``, ``batch_size``, ``ema`` (null: Khader et al. keep no average of the VQ-GAN)
+and ``grad_clip`` are stage 1's. :func:`stage_config` returns the run config of one stage.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def stage_config(cfg: dict, stage: str, vqgan_run: str | os.PathLike | None = No
         tr["steps"] = ldm["vqgan"]["steps"]
         tr["batch_size"] = ldm["vqgan"]["batch_size"]
         tr["checkpoint_every"] = min(tr["checkpoint_every"], tr["steps"])
+        tr["ema"] = ldm["vqgan"].get("ema")  # Khader et al. average the denoiser only: null
+        tr["grad_clip"] = ldm["vqgan"].get("grad_clip")  # theirs: 1.0 (gradient_clip_val)
     elif stage == "diffusion":
         run = vqgan_run if vqgan_run is not None else ldm["vqgan_run"]
         if not run:

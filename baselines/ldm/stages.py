@@ -1,8 +1,13 @@
 """The two training stages of the 3D latent diffusion baseline (Khader et al., Sci Rep 2023).
 
 * :class:`VQGANStage` (``ldm.stage: vqgan``): trains the VQ-GAN of :mod:`baselines.ldm.vqgan` with
-  ``l1_weight * L1 + perceptual_weight * P + commitment + disc_weight * hinge_G`` (the GAN terms from
-  ``disc_start`` on) and the 3D patch discriminator with the hinge loss. Adam, betas (0.5, 0.9).
+  ``l1_weight * L1 + commitment + perceptual_weight * P + image_gan_weight * G_2D +
+  video_gan_weight * G_3D + gan_feat_weight * FM`` (the GAN and feature-matching terms from
+  ``disc_start`` on) and, in the same step, the 2D slice and 3D patch discriminators of
+  :mod:`baselines.ldm.discriminators` with ``image_gan_weight * hinge_2D + video_gan_weight *
+  hinge_3D``. One depth slice per volume, drawn from the step's generator, feeds every 2D term
+  (discriminator, feature matching, LPIPS) for the volume and its reconstruction. Adam, betas
+  (0.5, 0.9), for both.
 * :class:`LatentDiffusionStage` (``ldm.stage: diffusion``): freezes the stage-1 VQ-GAN (loaded from
   ``ldm.vqgan_run`` with weights_only=True and stored in this run's checkpoints, so sampling needs
   this run only), maps its pre-quantisation latents (B, code_dim, D/f, H/f, W/f) to [-1, 1] with
@@ -11,8 +16,19 @@
   (:func:`wdm.networks.build_network`) with :class:`wdm.diffusion.GaussianDiffusion` (cosine
   schedule, T = 300 in the default config) on them. Samples are decoded through the codebook.
 
-Deviation, stated: the diffusion objective is this suite's x0-prediction MSE (WDM's), not Khader
-et al.'s epsilon-prediction L1; their 2D slice discriminator is not built (3D patch-GAN only).
+Deviation, stated: stage 1 follows medicaldiffusion by default: their encoder / decoder (1 residual
+block per encoder level, 2 per decoder level, GroupNorm 32 in the paper presets, replicate
+padding, 1x1 pre/post-quantisation convs), 2D slice and 3D NLayer discriminators (64 channels, 3
+layers), feature matching (weight 4), hinge losses with their 0.5 factor, L1 weight 4, perceptual
+weight 4, the discriminators from step 10000 in the paper configs; the 3D MedicalNet perceptual
+substitute is used unless LPIPS weights (``ldm.vqgan.lpips_weights`` / ``vgg_weights``) are given.
+The CPU presets (small, tiny) take fewer GroupNorm groups (see
+:data:`baselines.ldm.vqgan.VQGAN_PRESETS`). Upstream's Lightning loop runs the VQ-GAN forward once
+per optimizer (a second codebook update and slice draw for the discriminator step); here one
+forward serves both updates. Stage 2 follows upstream by default through the ``diffusion`` section
+(epsilon-prediction with L1 loss, fixed-small posterior variance, beta clipped at 0.9999) and
+``training.ema`` 0.995, the x0 / MSE / fixed-large variant being ours by config; the denoiser is
+WDM's U-Net, not their Unet3D.
 
 Both stages register as model ``ldm`` (:func:`wdm.model.register_model`), chosen by ``ldm.stage``.
 Stage 1 trains into ``{model folder}/vqgan``, stage 2 into ``{model folder}/run`` and, unless
@@ -21,8 +37,9 @@ Stage 1 trains into ``{model folder}/vqgan``, stage 2 into ``{model folder}/run`
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +48,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.ldm.config import stage_config
-from baselines.ldm.losses import MedicalNetPerceptual, build_perceptual, hinge_d_loss, hinge_g_loss
-from baselines.ldm.vqgan import ARCH_KEYS, VQGAN, build_discriminator, build_vqgan, vqgan_settings
+from baselines.ldm.discriminators import build_discriminators, draw_slice_indices, take_slices
+from baselines.ldm.losses import (
+    MedicalNetPerceptual,
+    PerceptualTerm,
+    build_perceptual,
+    feature_matching_loss,
+    hinge_d_loss,
+    hinge_g_loss,
+    perceptual_kind,
+)
+from baselines.ldm.lpips import LPIPS
+from baselines.ldm.vqgan import ARCH_KEYS, VQGAN, build_vqgan, vqgan_settings
 from eval.features import medicalnet_resnet
 from wdm.checkpoints import latest_checkpoint, load_checkpoint
 from wdm.io import InputError, sha256_file
@@ -46,9 +73,22 @@ log = logging.getLogger(__name__)
 _BETAS = (0.5, 0.9)
 
 
+@contextlib.contextmanager
+def _frozen(module: nn.Module) -> Iterator[None]:
+    """No weight gradients for ``module`` inside (as Lightning's optimizer toggling upstream)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 @register_model("ldm", stage="vqgan")
 class VQGANStage(BenchmarkModel):
-    """Stage 1: the VQ-GAN and its 3D patch discriminator. ``cfg``: resolved run config."""
+    """Stage 1: the VQ-GAN and its 2D / 3D patch discriminators. ``cfg``: resolved run config."""
 
     single_objective = False  # two networks updated in alternation
 
@@ -57,12 +97,18 @@ class VQGANStage(BenchmarkModel):
         self.settings = s = vqgan_settings(cfg["ldm"]["vqgan"])
         self.vqgan = build_vqgan(s)
         self.latent_shape = self.vqgan.latent_shape(self.volume_shape)
-        self.disc = build_discriminator(s)
-        self.disc.check_input(self.volume_shape)
-        self.perceptual, self.perceptual_label = build_perceptual(s["perceptual_weights"],
-                                                                  s["perceptual_depth"])
-        log.info("ldm stage 1 (VQ-GAN): latents %s, %d codes; perceptual loss %s",
-                 self.latent_shape, s["n_codes"], self.perceptual_label)
+        self.disc = build_discriminators(s)
+        self.set_perceptual(build_perceptual(s))
+        log.info("ldm stage 1 (VQ-GAN): latents %s, %d codes; discriminators 2D %s, 3D %s; "
+                 "perceptual loss %s", self.latent_shape, s["n_codes"],
+                 "on" if self.disc.image is not None else "off",
+                 "on" if self.disc.video is not None else "off", self.perceptual_label)
+
+    def set_perceptual(self, term: PerceptualTerm) -> None:
+        """Use ``term`` as the perceptual loss (``perceptual``: its module or None)."""
+        self.perceptual_term = term
+        self.perceptual = term.module
+        self.perceptual_label = term.label
 
     @classmethod
     def stage_config(cls, cfg: dict, run_dir: Path) -> dict:
@@ -79,71 +125,132 @@ class VQGANStage(BenchmarkModel):
 
     @classmethod
     def for_probe(cls, cfg: dict, volume_shape: Sequence[int]) -> tuple[VQGANStage, list[str]]:
-        """A config that downloads MedicalNet perceptual weights (``hub:``) that are absent here
-        gets an untrained MedicalNet (a probe never downloads; the cost does not depend on
-        weights); with ``auto:`` the run trains without the term, and so does the probe."""
+        """Perceptual weights absent here get an untrained stand-in (a probe never downloads; the
+        cost does not depend on weights): LPIPS files that are missing, or MedicalNet weights to
+        download (``hub:``); with ``auto:`` the run trains without the term, and so does the probe."""
         vq = cfg["ldm"]["vqgan"]
+        s = vqgan_settings(vq)
+        if s["perceptual_weight"] > 0 and perceptual_kind(s) == "lpips":
+            if all(Path(s[k]).is_file() for k in ("lpips_weights", "vgg_weights")):
+                return cls(cfg, volume_shape), []
+            local = {**vq, "perceptual": "medicalnet", "perceptual_weights": None}
+            model = cls({**cfg, "ldm": {**cfg["ldm"], "vqgan": local}}, volume_shape)
+            model.set_perceptual(PerceptualTerm(LPIPS(), "lpips", "on (untrained LPIPS, probe)"))
+            return model, ["untrained LPIPS VGG-16 perceptual network"]
         weights = vq["perceptual_weights"]
         if not str(weights).startswith("hub:"):
             return cls(cfg, volume_shape), []
         local = {**cfg, "ldm": {**cfg["ldm"], "vqgan": {**vq, "perceptual_weights": "auto:" + weights[4:]}}}
         model = cls(local, volume_shape)
-        if model.perceptual is not None:
+        if model.perceptual is not None or not s["perceptual_weight"] > 0:
             return model, []
-        model.perceptual = MedicalNetPerceptual(medicalnet_resnet(vq["perceptual_depth"]))
+        net = MedicalNetPerceptual(medicalnet_resnet(vq["perceptual_depth"]))
+        model.set_perceptual(PerceptualTerm(net, "medicalnet", "on (untrained MedicalNet, probe)"))
         return model, ["untrained MedicalNet perceptual network"]
 
     def run_info(self) -> dict[str, Any]:
         """Facts recorded in ``train_profile.json`` (``model_info``)."""
         return {"stage": "vqgan", "latent_shape": list(self.latent_shape),
-                "perceptual": self.perceptual_label, "vqgan": self.settings}
+                "perceptual": self.perceptual_label, "perceptual_kind": self.perceptual_term.kind,
+                "discriminators": {"image_2d": self.disc.image is not None,
+                                   "video_3d": self.disc.video is not None},
+                "vqgan": self.settings}
 
     def configure_optimizers(self, training: Mapping[str, Any]) -> dict[str, torch.optim.Optimizer]:
-        """Adam (betas (0.5, 0.9)) for the VQ-GAN and for the discriminator."""
+        """Adam (betas (0.5, 0.9)) for the VQ-GAN and one for both discriminators (none without)."""
         s = self.settings
-        return {"vqgan": torch.optim.Adam(self.vqgan.parameters(), lr=s["lr"], betas=_BETAS),
-                "disc": torch.optim.Adam(self.disc.parameters(), lr=s["disc_lr"], betas=_BETAS)}
+        opts = {"vqgan": torch.optim.Adam(self.vqgan.parameters(), lr=s["lr"], betas=_BETAS)}
+        disc = list(self.disc.parameters())
+        if disc:
+            opts["disc"] = torch.optim.Adam(disc, lr=s["disc_lr"], betas=_BETAS)
+        return opts
 
     def training_step(self, x: torch.Tensor, generator: torch.Generator,
                       optimizers: dict[str, torch.optim.Optimizer], step: int, *,
                       shard: tuple[int, int] | None = None,
                       grad_clip: float | None = None) -> dict[str, torch.Tensor]:
-        """One VQ-GAN update and (from ``disc_start`` on) one discriminator update.
+        """One VQ-GAN update and (from ``disc_start`` on) one update of the discriminators.
 
-        ``x``: (B, 1, D, H, W) in [-1, 1]; ``step``: 0-based. Returns the loss terms (``loss`` first).
-        ``shard`` and ``grad_clip`` do not apply (one process, no clipping).
+        ``x``: (B, 1, D, H, W) in [-1, 1]; ``step``: 0-based. The depth slice of every 2D term is
+        drawn first from ``generator``, then the quantiser's draws. Returns the loss terms
+        (``loss`` first; ``g_*``, ``feat_match``, ``d_*`` unweighted, ``g_adv`` and ``d_loss`` as
+        optimised). ``grad_clip`` (stage 1's ``ldm.vqgan.grad_clip``; Khader et al.: 1.0) clips
+        each update's gradient norm, the VQ-GAN's and the discriminators' apart, as Lightning's
+        ``gradient_clip_val`` per optimizer. ``shard`` does not apply (one process).
         """
+        gan_on = step >= self.settings["disc_start"]
+        idx = draw_slice_indices(x, generator)
+        with _frozen(self.disc):
+            x_rec, info = self.vqgan(x, generator)
+            frames, frames_rec = take_slices(x, idx), take_slices(x_rec, idx)
+            g = self._generator_terms(x, x_rec, frames, frames_rec, info, gan_on)
+            optimizers["vqgan"].zero_grad(set_to_none=True)
+            g["loss"].backward()
+        _clip(self.vqgan, grad_clip)
+        optimizers["vqgan"].step()
+        d = self._discriminator_step(x, x_rec.detach(), frames, frames_rec.detach(), optimizers,
+                                     gan_on, grad_clip)
+        out = {k: v.detach() for k, v in {**g, **d}.items()}
+        return {**out, "perplexity": info["perplexity"], "restarted": info["restarted"],
+                "perceptual_on": torch.tensor(float(self.perceptual is not None))}
+
+    def _generator_terms(self, x: torch.Tensor, x_rec: torch.Tensor, frames: torch.Tensor,
+                         frames_rec: torch.Tensor, info: dict[str, torch.Tensor],
+                         gan_on: bool) -> dict[str, torch.Tensor]:
+        """The VQ-GAN's loss and its terms; volumes (B, 1, D, H, W), slices (B, 1, H, W)."""
         s = self.settings
-        gan_on = step >= s["disc_start"]
-        x_rec, info = self.vqgan(x, generator)
         rec = F.l1_loss(x_rec, x)
         loss = s["l1_weight"] * rec + info["commitment"]
+        perc = x.new_zeros(())
         if self.perceptual is not None:
             self.perceptual.to(x.device)
-            perc = self.perceptual(x_rec, x)
+            pair = (frames_rec, frames) if self.perceptual_term.on_slices else (x_rec, x)
+            perc = self.perceptual(*pair).mean()
             loss = loss + s["perceptual_weight"] * perc
-        else:
-            perc = x.new_zeros(())
-        if gan_on:
-            g_adv = hinge_g_loss(self.disc(x_rec))
-            loss = loss + s["disc_weight"] * g_adv
-        else:
-            g_adv = x.new_zeros(())
-        optimizers["vqgan"].zero_grad(set_to_none=True)
+        adv = self._adversarial_terms(x, x_rec, frames, frames_rec) if gan_on else {
+            k: x.new_zeros(()) for k in ("g_image", "g_video", "feat_match", "g_adv")}
+        loss = loss + adv["g_adv"] + s["gan_feat_weight"] * adv["feat_match"]
+        return {"loss": loss, "rec_l1": rec, "commitment": info["commitment"], "perceptual": perc,
+                **adv}
+
+    def _adversarial_terms(self, x: torch.Tensor, x_rec: torch.Tensor, frames: torch.Tensor,
+                           frames_rec: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``g_image`` / ``g_video`` (-mean logits of the reconstruction), their weighted sum
+        ``g_adv`` and ``feat_match`` (both discriminators' feature matching, unweighted)."""
+        s = self.settings
+        out = {k: x.new_zeros(()) for k in ("g_image", "g_video", "feat_match")}
+        for kind, net, fake, real in (("image", self.disc.image, frames_rec, frames),
+                                      ("video", self.disc.video, x_rec, x)):
+            if net is None:
+                continue
+            logits, feats_fake = net(fake)
+            out[f"g_{kind}"] = hinge_g_loss(logits)
+            if s["gan_feat_weight"] > 0:
+                with torch.no_grad():
+                    feats_real = net(real)[1]
+                out["feat_match"] = out["feat_match"] + feature_matching_loss(feats_fake, feats_real)
+        out["g_adv"] = s["image_gan_weight"] * out["g_image"] + s["video_gan_weight"] * out["g_video"]
+        return out
+
+    def _discriminator_step(self, x: torch.Tensor, x_rec: torch.Tensor, frames: torch.Tensor,
+                            frames_rec: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer],
+                            gan_on: bool, grad_clip: float | None = None) -> dict[str, torch.Tensor]:
+        """One Adam step on ``image_gan_weight * hinge_2D + video_gan_weight * hinge_3D`` (detached
+        reconstructions); zeros before ``disc_start`` or without discriminators."""
+        s = self.settings
+        out = {k: x.new_zeros(()) for k in ("d_image", "d_video", "d_loss")}
+        if not gan_on or "disc" not in optimizers:
+            return out
         optimizers["disc"].zero_grad(set_to_none=True)
-        loss.backward()
-        optimizers["vqgan"].step()
-        if gan_on:
-            optimizers["disc"].zero_grad(set_to_none=True)
-            d_loss = hinge_d_loss(self.disc(x), self.disc(x_rec.detach()))
-            d_loss.backward()
-            optimizers["disc"].step()
-        else:
-            d_loss = x.new_zeros(())
-        return {"loss": loss.detach(), "rec_l1": rec.detach(), "commitment": info["commitment"].detach(),
-                "perceptual": perc.detach(), "g_adv": g_adv.detach(), "d_loss": d_loss.detach(),
-                "perplexity": info["perplexity"], "restarted": info["restarted"],
-                "perceptual_on": torch.tensor(float(self.perceptual is not None))}
+        if self.disc.image is not None:
+            out["d_image"] = hinge_d_loss(self.disc.image(frames)[0], self.disc.image(frames_rec)[0])
+        if self.disc.video is not None:
+            out["d_video"] = hinge_d_loss(self.disc.video(x)[0], self.disc.video(x_rec)[0])
+        out["d_loss"] = s["image_gan_weight"] * out["d_image"] + s["video_gan_weight"] * out["d_video"]
+        out["d_loss"].backward()
+        _clip(self.disc, grad_clip)
+        optimizers["disc"].step()
+        return out
 
     def loss(self, x: torch.Tensor, generator: torch.Generator,
              shard: tuple[int, int] | None = None) -> torch.Tensor:
@@ -155,6 +262,13 @@ class VQGANStage(BenchmarkModel):
         """Stage 1 generates nothing: an error that names the stage to sample."""
         raise InputError("this is an ldm stage-1 (VQ-GAN) run, which generates nothing; sample the "
                          "stage-2 run (ldm.stage: diffusion) trained on it")
+
+
+def _clip(module: nn.Module, max_norm: float | None) -> None:
+    """Clip the gradient norm of ``module``'s parameters to ``max_norm`` (None: nothing)."""
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.grad is not None],
+                                       max_norm)
 
 
 class FrozenCodec(nn.Module):
