@@ -218,3 +218,20 @@ def test_options_refused_where_they_do_not_apply(tmp_path: Path, capsys) -> None
                  "--split", "upstream"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "split 'upstream' applies to brats and lidc" in err[0]
+
+
+def test_half_millimetre_grid_for_512_configs(tmp_path: Path) -> None:
+    """spacing_mm and cube (the 512^3 LIDC configuration at test scale): a 0.5 mm grid in a 32
+    cube is the same 16 mm field as 1 mm in a 16 cube, recorded in dataset.json, and the CLI
+    passes both through; phantom-brain refuses spacing_mm in one line."""
+    src = _source(tmp_path / "LIDC-IDRI")
+    out = tmp_path / "half"
+    main(["prepare", "--dataset", "lidc", "--source", str(src), "--out", str(out), "--size", "16",
+          "--cube", "32", "--spacing-mm", "0.5", "--n-test", "1", "--no-progress"])
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["preprocessing"]["spacing_mm"] == 0.5
+    vol, affine = load_nifti(sorted((out / "train").glob("*.nii.gz"))[0])
+    assert vol.shape == (16, 16, 16)
+    np.testing.assert_allclose(np.abs(np.diag(affine)[:3]), 1.0)  # 0.5 mm, pooled by 2
+    with pytest.raises(InputError, match="spacing_mm applies to lidc only"):
+        prepare("phantom-brain", tmp_path / "p", size=16, spacing_mm=0.5, progress=False)

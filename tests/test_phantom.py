@@ -146,7 +146,7 @@ def test_unknown_dataset_bad_size_and_source(tmp_path: Path) -> None:
     assert DATASETS == ("phantom-brain", "brats", "lidc")
     with pytest.raises(InputError, match="allowed: phantom-brain, brats, lidc"):
         prepare("nope", tmp_path / "x")
-    with pytest.raises(InputError, match=r"\[16, 32, 64, 128\]"):
+    with pytest.raises(InputError, match=r"\[16, 32, 64, 128, 256, 512\]"):
         prepare("phantom-brain", tmp_path / "x", size=48)
     with pytest.raises(InputError, match="no source"):
         prepare("phantom-brain", tmp_path / "x", source=tmp_path)
@@ -200,3 +200,15 @@ def test_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.Monke
         make_phantom_dataset(old, size=SIZE, n_train=3, n_test=1, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["old"]
     assert [p.name for p in old.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.slow
+def test_phantom_at_256_for_the_multi_level_wavelets() -> None:
+    """256³ (and 512³, 72 s and 7.6 GB here, not run) are allowed: the templates stay on their
+    128³ working grid and are interpolated up, so the volume is smooth, in [0, 1], reproducible."""
+    a = make_phantom(np.random.default_rng(5), 256)
+    assert a.shape == (256, 256, 256) and a.dtype == np.float32
+    assert 0.0 <= float(a.min()) and float(a.max()) == pytest.approx(1.0)
+    assert 0.05 < float((a > 0.1).mean()) < 0.6  # a brain, not an empty or full cube
+    np.testing.assert_array_equal(a[::37, ::37, ::37],
+                                  make_phantom(np.random.default_rng(5), 256)[::37, ::37, ::37])

@@ -34,7 +34,7 @@ def _cmd_prepare(a: argparse.Namespace) -> None:
     prepare(a.dataset, a.out, source=a.source, size=a.size, seed=a.seed, n_train=a.n_train,
             n_test=a.n_test, overwrite=a.overwrite, modality=a.modality, strict=a.strict,
             threads=a.threads, progress=not a.no_progress, orientation=a.orientation,
-            small_scans=a.small_scans, split=a.split)
+            small_scans=a.small_scans, split=a.split, cube=a.cube, spacing_mm=a.spacing_mm)
 
 
 def _cmd_train(a: argparse.Namespace) -> None:
@@ -225,6 +225,10 @@ def _args_prepare(s: argparse.ArgumentParser) -> None:
     s.add_argument("--split", default="holdout", choices=["holdout", "upstream"],
                    help="brats/lidc: holdout (test cases not trained on, default) or upstream "
                         "(train on every case; test/ copies n-test of them)")
+    s.add_argument("--cube", type=at_least(2), default=None,
+                   help="brats/lidc: side of the cube before pooling (default 256; 512 for 512^3)")
+    s.add_argument("--spacing-mm", type=float, default=None,
+                   help="LIDC resampling grid in mm (default 1; 0.5 for 512^3)")
     s.add_argument("--strict", action="store_true",
                    help="turn every excluded case (excluded.csv) into an error")
     s.add_argument("--threads", type=at_least(1), default=1, help="cases processed in parallel")

@@ -68,7 +68,8 @@ _SPLIT_NOTES = {"holdout": "test/ holds n_test cases that are not in train/: a h
                 "upstream": "as upstream WDM, train/ holds every case and test/ copies of n_test of "
                 "them: the reference row and memorisation numbers are not a held-out comparison"}
 #: The data sets each per-data-set option applies to.
-_OPTION_DATASETS = {"modality": ("brats",), "orientation": ("lidc",), "small_scans": ("lidc",)}
+_OPTION_DATASETS = {"modality": ("brats",), "orientation": ("lidc",), "small_scans": ("lidc",),
+                    "spacing_mm": ("lidc",)}
 
 
 def prepare(dataset: str, out: str | os.PathLike, *, source: str | os.PathLike | None = None,
@@ -76,7 +77,7 @@ def prepare(dataset: str, out: str | os.PathLike, *, source: str | os.PathLike |
             overwrite: bool = False, modality: str | None = None, strict: bool = False,
             threads: int = 1, cube: int | None = None, progress: bool = True,
             orientation: str | None = None, small_scans: str | None = None,
-            split: str = "holdout") -> Path:
+            split: str = "holdout", spacing_mm: float | None = None) -> Path:
     """Prepare ``dataset`` at ``size``³ into ``out`` and return ``out``.
 
     Args:
@@ -94,13 +95,15 @@ def prepare(dataset: str, out: str | os.PathLike, *, source: str | os.PathLike |
         modality: BraTS scan (``t1n`` default; ``t1c``, ``t2w``, ``t2f``); only for ``brats``.
         strict: turn every exclusion of a real case into an error.
         threads: cases processed in parallel (real data sets).
-        cube: side of the padded/cropped cube before pooling (256, the paper's; tests use less).
+        cube: side of the padded/cropped cube before pooling (None: 256, the paper's; 512 for
+            the 512³ configurations; tests use less).
         progress: show a tqdm bar.
         orientation: LIDC 1 mm grid, ``ras`` (default) or ``las`` (upstream's dicom2nifti
             orientation); only for ``lidc`` (:func:`wdm.data.lidc.preprocess_lidc_case`).
         small_scans: LIDC scans smaller than the cube: ``pad`` (default) or ``drop`` (excluded, as
             upstream); only for ``lidc``.
         split: one of :data:`SPLITS` (module docstring); ``phantom-brain`` refuses ``upstream``.
+        spacing_mm: LIDC resampling grid in mm (None: 1, the paper's; 0.5 for 512³ LIDC).
 
     ``out`` may not be the working directory or a parent of it, nor overlap ``source``. A
     failure leaves no hidden working folder beside ``out`` and the old ``out`` as it was.
@@ -108,11 +111,12 @@ def prepare(dataset: str, out: str | os.PathLike, *, source: str | os.PathLike |
     if dataset not in DATASETS:
         raise InputError(f"unknown data set {dataset!r}; allowed: {', '.join(DATASETS)}")
     _check_options(dataset, split, modality=modality, orientation=orientation,
-                   small_scans=small_scans)
+                   small_scans=small_scans, spacing_mm=spacing_mm)
     out = Path(out)
     check_out_folder(out, source=None if dataset == "phantom-brain" else source)
     before = _leftovers(out)
-    opts = {"modality": modality, "orientation": orientation, "small_scans": small_scans}
+    opts = {"modality": modality, "orientation": orientation, "small_scans": small_scans,
+            "spacing_mm": spacing_mm}
     try:
         return _prepare(dataset, out, source=source, size=size, seed=seed, n_train=n_train,
                         n_test=n_test, overwrite=overwrite, opts=opts, strict=strict,
@@ -124,7 +128,7 @@ def prepare(dataset: str, out: str | os.PathLike, *, source: str | os.PathLike |
         raise
 
 
-def _check_options(dataset: str, split: str, **options: str | None) -> None:
+def _check_options(dataset: str, split: str, **options: object) -> None:
     """Refuse an unknown ``split`` and a per-data-set option given for another data set."""
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
@@ -177,7 +181,7 @@ def _leftovers(out: Path) -> set[Path]:
 
 
 def _prepare(dataset: str, out: Path, *, source: str | os.PathLike | None, size: int, seed: int,
-             n_train: int | None, n_test: int, overwrite: bool, opts: dict[str, str | None],
+             n_train: int | None, n_test: int, overwrite: bool, opts: dict[str, Any],
              strict: bool, threads: int, cube: int | None, progress: bool, split: str) -> Path:
     """:func:`prepare` once ``out`` and ``opts`` (modality, orientation, small_scans) are checked."""
     if dataset == "phantom-brain":
@@ -194,7 +198,7 @@ def _prepare(dataset: str, out: Path, *, source: str | os.PathLike | None, size:
         side, cases, fn, params = _brats_job(source, size, cube, opts["modality"])
     elif dataset == "lidc":
         side, cases, fn, params = _lidc_job(source, size, cube, opts["orientation"] or "ras",
-                                            opts["small_scans"] or "pad")
+                                            opts["small_scans"] or "pad", opts["spacing_mm"] or 1.0)
     else:  # pragma: no cover
         raise AssertionError(f"unhandled data set {dataset!r}")
     return build_real_dataset(dataset, out, cases, fn, source=source, size=size, cube=side,
@@ -228,7 +232,7 @@ def _brats_job(source: str | os.PathLike, size: int, cube: int | None, modality:
 
 
 def _lidc_job(source: str | os.PathLike, size: int, cube: int | None, orientation: str,
-              small_scans: str) -> _Job:
+              small_scans: str, spacing: float = 1.0) -> _Job:
     """``(cube side, cases, case -> (volume, affine, record), preprocessing record)`` of LIDC-IDRI."""
     from wdm.data import lidc
 
@@ -239,13 +243,13 @@ def _lidc_job(source: str | os.PathLike, size: int, cube: int | None, orientatio
 
     def fn(path: Path) -> Any:
         return lidc.preprocess_lidc_case(path, size=size, cube=side, orientation=orientation,
-                                         small_scans=small_scans)
+                                         small_scans=small_scans, spacing=spacing)
 
     params = {"orientation": orientation, "small_scans": small_scans,
-              "spacing_mm": 1.0, "interpolation": "cubic spline (order 3)",
+              "spacing_mm": spacing, "interpolation": "cubic spline (order 3)",
               "hu_min": lidc.AIR_HU, "clip_percentile": lidc.CLIP_PERCENTILE,
               "pad_value": lidc.AIR_HU, "steps": [
-                  "DICOM series -> HU", f"resample 1 mm isotropic ({orientation.upper()} grid)",
+                  "DICOM series -> HU", f"resample {spacing:g} mm isotropic ({orientation.upper()} grid)",
                   "crop/pad to cube" if small_scans == "pad" else "crop to cube, drop smaller scans",
                   "HU < -1000 -> -1000", "clip at percentile", "min-max [0, 1]", "average-pool"]}
     return side, cases, fn, params

@@ -44,6 +44,16 @@ rule prepare_data:
             or dataset_cfg(w.dataset)["split"] != "holdout"
             else ""
         ),
+        cube=lambda w: (
+            f"--cube {int(dataset_cfg(w.dataset)['cube'])}"
+            if dataset_cfg(w.dataset)["cube"] is not None
+            else ""
+        ),
+        spacing=lambda w: (
+            f"--spacing-mm {float(dataset_cfg(w.dataset)['spacing_mm'])}"
+            if dataset_cfg(w.dataset)["spacing_mm"] is not None
+            else ""
+        ),
         out=lambda w: f"data/{w.dataset}/{w.res}",
     log:
         "logs/{dataset}/{res}/prepare.log",
@@ -61,6 +71,6 @@ rule prepare_data:
     shell:
         "wdm-bench prepare --dataset {params.kind:q} --out {params.out:q} {params.source} "
         "{params.n_train} {params.modality} {params.strict} {params.orientation} "
-        "{params.small_scans} {params.split} --size {wildcards.res} "
+        "{params.small_scans} {params.split} {params.cube} {params.spacing} --size {wildcards.res} "
         "--seed {params.seed} --n-test {params.n_test} --threads {threads} --no-progress "
         "--overwrite > {log:q} 2>&1"
