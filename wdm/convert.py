@@ -154,6 +154,9 @@ def _checked_config(config: str | os.PathLike | Mapping[str, Any], size: int, ou
     cfg = load_run_config(config) if not isinstance(config, Mapping) else resolve_run_config(dict(config))
     if cfg["model"] != "wdm":
         raise InputError(f"{config}: model is {cfg['model']!r}; released WDM weights need model: wdm")
+    if cfg["diffusion"]["levels"] != 1:
+        raise InputError(f"{config}: diffusion.levels is {cfg['diffusion']['levels']}; the released WDM "
+                         "weights are for levels: 1 (8 Haar bands)")
     if size < 2 or size % 2:
         raise InputError(f"--size must be an even cube side, got {size}")
     ckpt_dir = out / "checkpoints"

@@ -44,7 +44,7 @@ from wdm import codec
 from wdm.config import resolve_run_config
 from wdm.diffusion import GaussianDiffusion
 from wdm.io import InputError
-from wdm.networks import WDMUNet, build_network
+from wdm.networks import DenoisingUNet, build_network
 from wdm.samplers import get_sampler
 
 __all__ = ["BenchmarkModel", "DiffusionModel", "WDMModel", "register_model", "model_stages",
@@ -129,14 +129,14 @@ class BenchmarkModel:
 
     def set_activation_checkpointing(self, enabled: bool) -> bool:
         """Switch recomputation of U-Net activations on; False if no module supports it."""
-        nets = [m for m in self.modules().values() if isinstance(m, WDMUNet)]
+        nets = [m for m in self.modules().values() if isinstance(m, DenoisingUNet)]
         for m in nets:
             m.set_checkpointing(enabled)
         return bool(nets)
 
     def activation_checkpointing(self) -> bool:
         """Whether any module recomputes its activations in the backward pass."""
-        return any(m.use_checkpoint for m in self.modules().values() if isinstance(m, WDMUNet))
+        return any(m.use_checkpoint for m in self.modules().values() if isinstance(m, DenoisingUNet))
 
     def generate(self, n: int, generator: torch.Generator, *, sampler: str, steps: int, eta: float,
                  device: torch.device | str, progress: bool = False) -> torch.Tensor:
@@ -316,27 +316,41 @@ class DiffusionModel(BenchmarkModel):
 class WDMModel(DiffusionModel):
     """WDM (Friedrich et al. 2024): x0-predicting Gaussian diffusion on scaled Haar coefficients.
 
+    ``diffusion.levels`` J (1 in the paper) picks the J-level Haar packet transform
+    (:func:`wdm.wavelets.dwt3d`): the state is (8^J, D/2^J, H/2^J, W/2^J), its all-low band divided
+    by ``lll_scale ** J`` (:mod:`wdm.codec`), and the network has 8^J input and output channels.
+
     Args:
         cfg: resolved run config (``network``, ``diffusion`` sections used here).
-        volume_shape: (D, H, W) of the training volumes; each side even.
+        volume_shape: (D, H, W) of the training volumes; each side divisible by 2^J.
     """
 
     def __init__(self, cfg: dict, volume_shape: Sequence[int]) -> None:
-        d, h, w = volume_shape
-        if d % 2 or h % 2 or w % 2:
-            raise ValueError(f"WDM needs even volume sides, got {tuple(volume_shape)}")
-        self.coeff_shape = (8, d // 2, h // 2, w // 2)
+        d, h, w = (int(s) for s in volume_shape)
+        self.levels = int(cfg["diffusion"]["levels"])
+        side = 2**self.levels
+        if d % side or h % side or w % side:
+            what = "even volume sides" if side == 2 else f"volume sides divisible by {side}"
+            raise ValueError(f"WDM with diffusion.levels={self.levels} needs {what}, got {(d, h, w)}")
+        self.coeff_shape = (8**self.levels, d // side, h // side, w // side)
         self.lll_scale = float(cfg["diffusion"]["lll_scale"])
         super().__init__(cfg, (d, h, w), self.coeff_shape)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, D, H, W) voxels -> (B, 8, D/2, H/2, W/2) Haar coefficients, LLL / lll_scale."""
-        return codec.encode(x, self.lll_scale)
+        """(B, 1, D, H, W) voxels -> (B, *coeff_shape) Haar coefficients, all-low band / lll_scale^J."""
+        return codec.encode(x, self.lll_scale, self.levels)
 
     def decode(self, c: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`encode`."""
-        return codec.decode(c, self.lll_scale)
+        return codec.decode(c, self.lll_scale, self.levels)
 
     def clip_x0(self, c0: torch.Tensor) -> torch.Tensor:
         """Wavelet clipping: decode, clamp voxels to [-1, 1], encode again."""
-        return codec.wavelet_clip(c0, self.lll_scale)
+        return codec.wavelet_clip(c0, self.lll_scale, self.levels)
+
+    def run_info(self) -> dict[str, Any]:
+        """The representation the network was trained on (recorded in ``train_profile.json``)."""
+        return {"representation": "haar3d" if self.levels == 1 else "haar3d-packet",
+                "levels": self.levels, "state_shape": list(self.coeff_shape),
+                "lll_scale": self.lll_scale,
+                "lll_divisor": codec.lll_divisor(self.lll_scale, self.levels)}
