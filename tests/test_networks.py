@@ -206,3 +206,22 @@ def test_invalid_hyperparameters() -> None:
         build_network({"preset": "tiny", "dropout": 1.5}, 8, 8)
     with pytest.raises(ValueError, match="num_res_blocks"):
         build_network({"preset": "tiny", "num_res_blocks": 0}, 8, 8)
+
+
+def test_wdm_512_preset_is_wdm_256_with_64_channels() -> None:
+    """Two packet levels at 512^3 give 64 channels on 128^3: the wdm-256 network, wider at both ends.
+
+    Only ``input_blocks.0.0`` (3x3x3 conv C_in -> 64) and ``out.2`` (3x3x3 conv 64 -> C_out, with a
+    bias per output channel) depend on the channels: going from 8 to 64 adds
+    (64 - 8) * 64 * 27 = 96,768 weights in and (64 - 8) * 64 * 27 + (64 - 8) = 96,824 out.
+    """
+    with torch.device("meta"):
+        m512 = build_network({"preset": "wdm-512"}, 64, 64)
+        m256 = build_network({"preset": "wdm-256"}, 8, 8)
+    assert count_parameters(m512) - count_parameters(m256) == 96_768 + 96_824 == 193_592
+    assert count_parameters(m256) == 83_158_728 and count_parameters(m512) == 83_352_320
+    s512, s256 = m512.state_dict(), m256.state_dict()
+    assert list(s512) == list(s256)
+    differ = [k for k in s512 if s512[k].shape != s256[k].shape]
+    assert differ == ["input_blocks.0.0.weight", "out.2.weight", "out.2.bias"]
+    assert m512.downsample_factor == m256.downsample_factor == 32

@@ -42,6 +42,10 @@ Findings from the upstream code that fix choices the paper leaves open:
 Module names mirror upstream (``time_embed.0``, ``input_blocks.N.0.in_layers.2``,
 ``middle_block.1.out_layers.3``, ``output_blocks.N.1`` for the up-sampling block, ``out.2``), so
 the authors' released ``state_dict`` keys load without renaming.
+
+The paper's "WavU-Net" variant (down/up-sampling by DWT/IDWT) is :class:`wdm.wavunet.WavUNet`;
+both share the :class:`DenoisingUNet` contract and are built by :func:`build_network`, which picks
+the class from the preset's ``arch`` (``unet`` when absent, ``wavunet``).
 """
 
 from __future__ import annotations
@@ -56,40 +60,43 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = [
-    "NETWORK_PRESETS",
-    "ResBlock",
-    "TimestepEmbedSequential",
-    "WDMUNet",
-    "build_network",
-    "count_parameters",
-    "timestep_embedding",
-]
+__all__ = ["ARCHITECTURES", "DenoisingUNet", "NETWORK_PRESETS", "ResBlock", "TimestepEmbedSequential",
+           "WDMUNet", "build_network", "count_parameters", "timestep_embedding"]
 
 logger = logging.getLogger(__name__)
 
 #: Named network configurations; ``build_network`` accepts any of these names as ``preset``.
 #: ``wdm-128`` / ``wdm-256`` are the paper's networks; ``small`` (2.3M parameters at 8 channels) and
 #: ``xs`` (0.57M; the embedded default's, 8.3 GFLOP per training step at batch 4 on a 16^3 x 8
-#: wavelet grid) are laptop sizes; ``tiny`` is for unit tests on 16^3 grids.
+#: wavelet grid) are laptop sizes; ``tiny`` is for unit tests on 16^3 grids. ``arch`` (not a
+#: config key) selects the class, see :data:`ARCHITECTURES`; the ``*-wavunet`` presets are the
+#: paper's WavU-Net (``ours_wnet_128`` / ``ours_wnet_256`` of upstream's ``run.sh``).
 NETWORK_PRESETS: dict[str, dict[str, Any]] = {
     "wdm-128": {"base_channels": 64, "channel_mult": (1, 2, 2, 4, 4), "num_res_blocks": 2},
     "wdm-256": {"base_channels": 64, "channel_mult": (1, 2, 2, 4, 4, 4), "num_res_blocks": 2},
+    # For diffusion.levels 2 at 512^3: 64 packet channels (from the model) on the 128^3 grid that
+    # wdm-256 sees at 256^3, so the same depth and widths; only the in/out convs are wider.
+    "wdm-512": {"base_channels": 64, "channel_mult": (1, 2, 2, 4, 4, 4), "num_res_blocks": 2},
+    "wdm-128-wavunet": {"arch": "wavunet", "base_channels": 64, "channel_mult": (1, 2, 2, 4, 4),
+                        "num_res_blocks": 2},
+    "wdm-256-wavunet": {"arch": "wavunet", "base_channels": 64, "channel_mult": (1, 2, 2, 4, 4, 4),
+                        "num_res_blocks": 2},
+    "tiny-wavunet": {"arch": "wavunet", "base_channels": 16, "channel_mult": (1, 2),
+                     "num_res_blocks": 2, "num_groups": 8},
+    # The embedded default's size as a WavU-Net (``xs``'s base 16, (1, 2, 2), GroupNorm 8). Two
+    # residual blocks per level, as the WavU-Net needs with unequal widths (its decoder applies
+    # each level's last block twice); it down-samples at every level, so sides must be multiples
+    # of 8 (32^3 x 8 coefficients of a 64^3 volume -> 4^3). See config/depth/wdm_wavunet_64.yaml.
+    "xs-wavunet": {"arch": "wavunet", "base_channels": 16, "channel_mult": (1, 2, 2),
+                   "num_res_blocks": 2, "num_groups": 8},
     "small": {"base_channels": 32, "channel_mult": (1, 2, 2), "num_res_blocks": 1},
     "xs": {"base_channels": 16, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "num_groups": 8},
     "tiny": {"base_channels": 16, "channel_mult": (1, 2), "num_res_blocks": 1, "num_groups": 8},
 }
 
 #: Constructor fields that a config may override on top of a preset.
-OVERRIDABLE_KEYS: tuple[str, ...] = (
-    "base_channels",
-    "channel_mult",
-    "num_res_blocks",
-    "num_groups",
-    "dropout",
-    "use_checkpoint",
-    "use_scale_shift_norm",
-)
+OVERRIDABLE_KEYS: tuple[str, ...] = ("base_channels", "channel_mult", "num_res_blocks", "num_groups",
+                                     "dropout", "use_checkpoint", "use_scale_shift_norm")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -233,6 +240,12 @@ class ResBlock(TimestepBlock):
             x = self.x_upd(x)
         else:
             h = self.in_layers(x)
+        return self._finish(x, h, emb)
+
+    def _finish(self, x: torch.Tensor, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Timestep injection, ``out_layers`` and the residual sum, given the (resampled) input
+        ``x (B, channels, D', H', W')`` and the ``in_layers`` output ``h (B, out_channels, D', H',
+        W')``."""
         emb_out = self.emb_layers(emb).type(h.dtype)[:, :, None, None, None]
         if self.use_scale_shift_norm:
             scale, shift = torch.chunk(emb_out, 2, dim=1)
@@ -248,37 +261,22 @@ def _check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-class WDMUNet(nn.Module):
-    """Guided-diffusion 3D U-Net with additive (averaged) skips, as used by WDM.
+class DenoisingUNet(nn.Module):
+    """What the rest of the code relies on in a denoising U-Net: ``net(x, t)`` maps
+    ``x (B, C_in, D, H, W)`` and timesteps ``t (B,)`` to ``(B, C_out, D, H, W)``; ``downsample_factor``
+    (every side must be a multiple), ``set_checkpointing`` / ``use_checkpoint``, ``hparams()``.
 
-    See the module docstring for the layout. Every spatial side of the input must be divisible by
-    ``2 ** (len(channel_mult) - 1)`` (``downsample_factor``).
-
-    Args:
-        in_channels: input channels ``C_in`` (8 Haar sub-bands for WDM, 1 for voxels).
-        out_channels: output channels ``C_out`` (the network predicts x0 in WDM).
-        base_channels: width of the first level (``model_channels`` upstream, 64 in the paper).
-        channel_mult: width multiplier per level; one level fewer down-samplings than entries.
-        num_res_blocks: residual blocks per encoder level (decoder levels get one more).
-        num_groups: GroupNorm groups; must divide ``base_channels * m`` for every multiplier.
-        dropout: dropout probability inside residual blocks (0 in the paper).
-        use_checkpoint: recompute each residual block's activations in the backward pass
-            (``torch.utils.checkpoint``, ``use_reentrant=False``) to save memory.
-        use_scale_shift_norm: FiLM-style timestep conditioning; WDM uses plain addition (False).
+    This base validates and stores the hyper-parameters shared by :class:`WDMUNet` and
+    :class:`wdm.wavunet.WavUNet` (see :class:`WDMUNet` for their meaning); a subclass builds its
+    layers and sets ``num_downsamplings`` (``FACTOR_FORMULA`` names it in errors).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        base_channels: int = 64,
-        channel_mult: Sequence[int] = (1, 2, 2, 4, 4),
-        num_res_blocks: int = 2,
-        num_groups: int = 32,
-        dropout: float = 0.0,
-        use_checkpoint: bool = False,
-        use_scale_shift_norm: bool = False,
-    ) -> None:
+    FACTOR_FORMULA = "2**(len(channel_mult)-1)"
+
+    def __init__(self, in_channels: int, out_channels: int, base_channels: int = 64,
+                 channel_mult: Sequence[int] = (1, 2, 2, 4, 4), num_res_blocks: int = 2,
+                 num_groups: int = 32, dropout: float = 0.0, use_checkpoint: bool = False,
+                 use_scale_shift_norm: bool = False) -> None:
         super().__init__()
         channel_mult = tuple(channel_mult)
         _check_positive_int("in_channels", in_channels)
@@ -300,7 +298,6 @@ class WDMUNet(nn.Module):
                 f"(base_channels={base_channels} x channel_mult={channel_mult} -> {widths}); "
                 f"it does not divide {bad}"
             )
-
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.base_channels = base_channels
@@ -310,23 +307,81 @@ class WDMUNet(nn.Module):
         self.dropout = float(dropout)
         self.use_checkpoint = bool(use_checkpoint)
         self.use_scale_shift_norm = bool(use_scale_shift_norm)
+        self.num_downsamplings = len(channel_mult) - 1
 
+    @property
+    def downsample_factor(self) -> int:
+        """Total down-sampling factor; every spatial side must be a multiple of it."""
+        return 2**self.num_downsamplings
+
+    def hparams(self) -> dict[str, Any]:
+        """Constructor arguments, e.g. to store beside a checkpoint and rebuild the network."""
+        keys = ("in_channels", "out_channels", *OVERRIDABLE_KEYS)
+        return {k: list(self.channel_mult) if k == "channel_mult" else getattr(self, k) for k in keys}
+
+    def set_checkpointing(self, enabled: bool) -> None:
+        """Switch activation checkpointing of every residual block on or off."""
+        self.use_checkpoint = bool(enabled)
+        for module in self.modules():
+            if isinstance(module, ResBlock):
+                module.use_checkpoint = self.use_checkpoint
+
+    def _res(self, ch_in: int, ch_out: int, **kw: bool) -> ResBlock:
+        """A :class:`ResBlock` ``ch_in -> ch_out`` with this network's settings."""
+        return ResBlock(ch_in, 4 * self.base_channels, dropout=self.dropout, out_channels=ch_out,
+                        use_scale_shift_norm=self.use_scale_shift_norm,
+                        use_checkpoint=self.use_checkpoint, num_groups=self.num_groups, **kw)
+
+    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor | float | int) -> torch.Tensor:
+        if x.ndim != 5:
+            raise ValueError(f"expected x of shape (B, C, D, H, W), got {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected {self.in_channels} input channels, got x of shape {tuple(x.shape)}"
+            )
+        f = self.downsample_factor
+        if any(s % f for s in x.shape[2:]):
+            raise ValueError(
+                f"spatial shape {tuple(x.shape[2:])} of x {tuple(x.shape)} is not divisible by "
+                f"{f} = {self.FACTOR_FORMULA} for channel_mult={self.channel_mult}; "
+                f"every side must be a multiple of {f}"
+            )
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise ValueError(
+                f"expected timesteps of shape ({x.shape[0]},) or a scalar, got {tuple(t.shape)}"
+            )
+        return t
+
+
+class WDMUNet(DenoisingUNet):
+    """Guided-diffusion 3D U-Net with additive (averaged) skips, as used by WDM.
+
+    See the module docstring for the layout. Every spatial side of the input must be divisible by
+    ``2 ** (len(channel_mult) - 1)`` (``downsample_factor``).
+
+    Args:
+        in_channels: input channels ``C_in`` (8 Haar sub-bands for WDM, 1 for voxels).
+        out_channels: output channels ``C_out`` (the network predicts x0 in WDM).
+        base_channels: width of the first level (``model_channels`` upstream, 64 in the paper).
+        channel_mult: width multiplier per level; one level fewer down-samplings than entries.
+        num_res_blocks: residual blocks per encoder level (decoder levels get one more).
+        num_groups: GroupNorm groups; must divide ``base_channels * m`` for every multiplier.
+        dropout: dropout probability inside residual blocks (0 in the paper).
+        use_checkpoint: recompute each residual block's activations in the backward pass
+            (``torch.utils.checkpoint``, ``use_reentrant=False``) to save memory.
+        use_scale_shift_norm: FiLM-style timestep conditioning; WDM uses plain addition (False).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, **kwargs: Any) -> None:
+        super().__init__(in_channels, out_channels, **kwargs)
+        base_channels, channel_mult, res = self.base_channels, self.channel_mult, self._res
         emb_dim = 4 * base_channels
         self.time_embed = nn.Sequential(
             nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
-
-        def res(ch_in: int, ch_out: int, **kw: bool) -> ResBlock:
-            return ResBlock(
-                ch_in,
-                emb_dim,
-                dropout=self.dropout,
-                out_channels=ch_out,
-                use_scale_shift_norm=self.use_scale_shift_norm,
-                use_checkpoint=self.use_checkpoint,
-                num_groups=num_groups,
-                **kw,
-            )
 
         # Encoder: remember the width of every block output, each one is a skip.
         self.input_blocks = nn.ModuleList(
@@ -335,7 +390,7 @@ class WDMUNet(nn.Module):
         skip_widths = [base_channels]
         ch = base_channels
         for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
+            for _ in range(self.num_res_blocks):
                 self.input_blocks.append(TimestepEmbedSequential(res(ch, base_channels * mult)))
                 ch = base_channels * mult
                 skip_widths.append(ch)
@@ -349,69 +404,20 @@ class WDMUNet(nn.Module):
         # width of the next skip to be consumed (upstream, ``additive_skips=True``).
         self.output_blocks = nn.ModuleList()
         for level in reversed(range(len(channel_mult))):
-            for i in range(num_res_blocks + 1):
+            for i in range(self.num_res_blocks + 1):
                 skip_widths.pop()
                 next_ch = skip_widths[-1] if skip_widths else base_channels
                 layers: list[nn.Module] = [res(ch, next_ch)]
                 ch = next_ch
-                if level and i == num_res_blocks:
+                if level and i == self.num_res_blocks:
                     layers.append(res(ch, ch, up=True))
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
         self.out = nn.Sequential(
-            GroupNorm32(num_groups, ch),
+            GroupNorm32(self.num_groups, ch),
             nn.SiLU(),
             _zero_module(nn.Conv3d(base_channels, out_channels, 3, padding=1)),
         )
-
-    @property
-    def downsample_factor(self) -> int:
-        """Total down-sampling factor; every spatial side must be a multiple of it."""
-        return 2 ** (len(self.channel_mult) - 1)
-
-    def hparams(self) -> dict[str, Any]:
-        """Constructor arguments, e.g. to store beside a checkpoint and rebuild the network."""
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "base_channels": self.base_channels,
-            "channel_mult": list(self.channel_mult),
-            "num_res_blocks": self.num_res_blocks,
-            "num_groups": self.num_groups,
-            "dropout": self.dropout,
-            "use_checkpoint": self.use_checkpoint,
-            "use_scale_shift_norm": self.use_scale_shift_norm,
-        }
-
-    def set_checkpointing(self, enabled: bool) -> None:
-        """Switch activation checkpointing of every residual block on or off."""
-        self.use_checkpoint = bool(enabled)
-        for module in self.modules():
-            if isinstance(module, ResBlock):
-                module.use_checkpoint = self.use_checkpoint
-
-    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor | float | int) -> torch.Tensor:
-        if x.ndim != 5:
-            raise ValueError(f"expected x of shape (B, C, D, H, W), got {tuple(x.shape)}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected {self.in_channels} input channels, got x of shape {tuple(x.shape)}"
-            )
-        f = self.downsample_factor
-        if any(s % f for s in x.shape[2:]):
-            raise ValueError(
-                f"spatial shape {tuple(x.shape[2:])} of x {tuple(x.shape)} is not divisible by "
-                f"{f} = 2**(len(channel_mult)-1) for channel_mult={self.channel_mult}; "
-                f"every side must be a multiple of {f}"
-            )
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],):
-            raise ValueError(
-                f"expected timesteps of shape ({x.shape[0]},) or a scalar, got {tuple(t.shape)}"
-            )
-        return t
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float | int) -> torch.Tensor:
         """Denoise ``x`` at timesteps ``t``.
@@ -441,13 +447,28 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_network(cfg: Mapping[str, Any], in_channels: int, out_channels: int) -> WDMUNet:
-    """Build a ``WDMUNet`` from a preset name plus optional overrides.
+#: Values of a preset's ``arch``: the U-Net here, the WavU-Net of :mod:`wdm.wavunet`.
+ARCHITECTURES: tuple[str, ...] = ("unet", "wavunet")
+
+
+def _network_class(arch: str) -> type[DenoisingUNet]:
+    if arch == "wavunet":
+        from wdm.wavunet import WavUNet  # it builds on this module: imported when first needed
+
+        return WavUNet
+    if arch == "unet":
+        return WDMUNet
+    raise ValueError(f"unknown network arch {arch!r}; allowed: {list(ARCHITECTURES)}")
+
+
+def build_network(cfg: Mapping[str, Any], in_channels: int, out_channels: int) -> DenoisingUNet:
+    """Build a :class:`WDMUNet` or :class:`~wdm.wavunet.WavUNet` from a preset plus overrides.
 
     Args:
         cfg: ``{"preset": name, **overrides}`` with ``name`` in ``NETWORK_PRESETS`` and overrides
-            among ``OVERRIDABLE_KEYS`` (e.g. ``{"preset": "small", "use_checkpoint": True}``).
-        in_channels: input channels (8 for WDM, 1 in voxel space).
+            among ``OVERRIDABLE_KEYS`` (e.g. ``{"preset": "small", "use_checkpoint": True}``);
+            the preset's ``arch`` (default ``unet``) picks the class.
+        in_channels: input channels (8 for WDM, 1 in voxel space, 64 at two wavelet levels).
         out_channels: output channels.
 
     Raises:
@@ -463,19 +484,15 @@ def build_network(cfg: Mapping[str, Any], in_channels: int, out_channels: int) -
             f"unknown network preset {preset!r}; allowed presets: {sorted(NETWORK_PRESETS)}"
         )
     kwargs: dict[str, Any] = dict(NETWORK_PRESETS[preset])
-    kwargs.update({k: v for k, v in cfg.items() if k != "preset"})
+    cls = _network_class(kwargs.pop("arch", "unet"))
+    overrides = {k: v for k, v in cfg.items() if k != "preset"}
+    kwargs.update(overrides)
     if "channel_mult" in kwargs:
         mult = kwargs["channel_mult"]
         if isinstance(mult, str | bytes) or not isinstance(mult, Sequence):
             raise ValueError(f"channel_mult must be a list of integers, got {mult!r}")
         kwargs["channel_mult"] = tuple(mult)
-    model = WDMUNet(in_channels, out_channels, **kwargs)
-    logger.info(
-        "built network preset=%s in=%d out=%d overrides=%s: %d parameters",
-        preset,
-        in_channels,
-        out_channels,
-        {k: v for k, v in cfg.items() if k != "preset"},
-        count_parameters(model),
-    )
+    model = cls(in_channels, out_channels, **kwargs)
+    logger.info("built network preset=%s (%s) in=%d out=%d overrides=%s: %d parameters", preset,
+                cls.__name__, in_channels, out_channels, overrides, count_parameters(model))
     return model
