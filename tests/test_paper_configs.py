@@ -21,7 +21,9 @@ from wdm.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "config" / "paper"
-WORKFLOW_CONFIGS = sorted(PAPER.glob("*.yaml"))
+WORKFLOW_CONFIGS = sorted(p for p in PAPER.glob("*.yaml") if not p.stem.endswith("_512"))
+#: Beyond the paper: WDM alone at 512^3 with two wavelet levels.
+CONFIGS_512 = sorted(PAPER.glob("*_512.yaml"))
 MODELS = ("wdm", "ddpm3d", "hagan", "ldm")
 
 
@@ -45,6 +47,23 @@ def _n_params(model) -> dict[str, int]:  # noqa: ANN001
 
 def test_there_are_four_workflow_configs():
     assert [p.stem for p in WORKFLOW_CONFIGS] == ["brats_128", "brats_256", "lidc_128", "lidc_256"]
+    assert [p.stem for p in CONFIGS_512] == ["brats_512", "lidc_512"]
+
+
+@pytest.mark.parametrize("path", CONFIGS_512, ids=lambda p: p.stem)
+def test_512_configs_run_wdm_with_two_levels(path: Path, monkeypatch: pytest.MonkeyPatch):
+    """512^3: LIDC resampled to 0.5 mm (a 256 mm field), BraTS padded into a 512 cube; WDM with
+    two packet levels, i.e. 64 channels on the 128^3 grid of the 256^3 model."""
+    wf = load_workflow_config(path)
+    (dataset,) = wf["datasets"].values()
+    assert dataset["resolutions"] == [512] and dataset["cube"] == 512
+    assert dataset["spacing_mm"] == (0.5 if dataset["kind"] == "lidc" else None)
+    assert wf["models"] == ["wdm"] and wf["model_configs"]["wdm"] == "config/paper/models/wdm_512.yaml"
+    cfg = load_run_config(REPO / wf["model_configs"]["wdm"])
+    assert (cfg["diffusion"]["levels"], cfg["network"]["preset"]) == (2, "wdm-512")
+    with _meta_models(monkeypatch):
+        model = build_model(cfg, (512, 512, 512))
+    assert tuple(model.state_shape) == (64, 128, 128, 128)
 
 
 @pytest.mark.parametrize("path", WORKFLOW_CONFIGS, ids=lambda p: p.stem)
@@ -137,3 +156,18 @@ def test_model_builds_at_paper_resolution(model: str, res: int, monkeypatch: pyt
     else:  # VQ-GAN down-sampling 4 (128^3) or 8 (256^3): the U-Net runs on 32^3 x 8 latents
         assert tuple(built[1].latent_shape) == (8, 32, 32, 32)
         assert counts[1]["network"] == pytest.approx(57.9e6, abs=0.1e6)
+
+
+@pytest.mark.parametrize("res, n_params", [(128, 89_706_056), (256, 125_499_720)])
+def test_wavunet_paper_configs_build_the_papers_variant(res: int, n_params: int,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    """"WDM WavU-Net": the paper's WDM setting with upstream's WavUNetModel (its parameter count,
+    checked by hand in tests/test_wavunet.py)."""
+    cfg = load_run_config(PAPER / "models" / f"wdm_wavunet_{res}.yaml")
+    plain = load_run_config(PAPER / "models" / f"wdm_{res}.yaml")
+    assert cfg["network"]["preset"] == f"wdm-{res}-wavunet"
+    same = {k: v for k, v in plain.items() if k != "network"}
+    assert {k: v for k, v in cfg.items() if k != "network"} == same
+    with _meta_models(monkeypatch):
+        model = build_model(cfg, (res,) * 3)
+    assert _n_params(model)["network"] == n_params
