@@ -1,6 +1,7 @@
-"""Benchmark: one-level 3D Haar DWT + inverse (a round trip) on (1, 1, N, N, N) float32 volumes.
+"""Benchmark: 3D Haar DWT + inverse (a round trip) on (1, 1, N, N, N) float32 volumes.
 
-Issue 7, point 1. Variants, all timed in this one process on the same input:
+One level (WDM, Friedrich et al. 2024) and, with ``--levels``, the J-level packet transform.
+Variants, all timed in this one process on the same input:
 
 * ``ours``: ``wdm.wavelets.idwt3d(wdm.wavelets.dwt3d(x))`` (gather of the 2x2x2 blocks into cache-sized
   chunks + one 8x8 Hadamard GEMM per chunk; see the module docstring there);
@@ -14,20 +15,28 @@ Issue 7, point 1. Variants, all timed in this one process on the same input:
   the volume at least twice (once per direction) and allocate two outputs, a clone once;
 * ``copy_into``: ``out.copy_(x)`` into a tensor allocated beforehand (informational, not an anchor).
   At 256³ a fresh 64 MiB tensor costs the kernel's first touch of its pages (~0.02 s on the 2-core
-  machine, most of a clone); this row separates that from the memory traffic itself.
+  machine, most of a clone); this row separates that from the memory traffic itself;
+* for each J in ``--levels`` above 1 (sizes divisible by 2^J): ``ours_lJ``, the fused (2^J)³ block
+  transform ``idwt3d(dwt3d(x, J), J)`` (8^J sub-lattices gathered per cache-sized chunk, then J
+  8x8 mixes, one per Kronecker factor), and ``chained_lJ``, the baseline of J one-level passes
+  (``dwt3d`` on every band of the previous level, then J ``idwt3d``). Their
+  ``bands_max_diff_vs_ours`` is against ``ours_lJ``'s bands; ``ratio_vs_dense`` is still against
+  the one-level dense row.
 
 Each variant also reports its round-trip error ``max |rt(x) - x|`` and, where it yields sub-bands,
 the largest difference of its 8 bands from ours in :data:`wdm.wavelets.BANDS` order (checks that
 the band order and normalisation agree). Timings are medians of ``--repeats`` (≥ 3) calls after
 one warm-up call, at ``--threads`` torch threads. Targets at 256³: ours ≤ 0.05 × dense
-and ≤ 3 × copy; the closing lines say whether each holds. CSV: ``results/bench/dwt.csv``.
+and ≤ 3 × copy, and each ``ours_lJ`` ≤ 3 × copy; the closing lines say whether each holds.
+CSV: ``results/bench/dwt.csv`` (written with ``--levels 1 2``; the default is one level only).
 
 Cost: dense ~0.55 s and pywt ~0.75 s per call at 256³ on a quiet 2-core machine (2 threads), so the
 default run takes about 15 s. On an oversubscribed machine (load ≫ threads) every 2-thread torch op
 can stall for milliseconds, so variants made of many small ops (ours: two per 1 MiB chunk) suffer
 far more than one-op ones (``copy``): benchmark alone, or with ``--threads 1``.
 
-Run:  python bench/bench_dwt.py [--sizes 64 128 256] [--repeats 3] [--threads 2] [--out PATH]
+Run:  python bench/bench_dwt.py [--sizes 64 128 256] [--levels 1 2] [--repeats 3] [--threads 2]
+                                [--out PATH]
       python -m bench.bench_dwt ...
 """
 
@@ -56,7 +65,7 @@ from bench.common import (  # noqa: E402
     time_repeats,
     write_rows,
 )
-from wdm.wavelets import BANDS, dwt3d, idwt3d  # noqa: E402
+from wdm.wavelets import BANDS, LEVELS, dwt3d, idwt3d  # noqa: E402
 
 log = logging.getLogger("bench.dwt")
 
@@ -130,8 +139,39 @@ def _stack(named: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([named[b] for b in BANDS], dim=1)
 
 
-def _variants(x: torch.Tensor) -> dict[str, tuple[Callable[[], torch.Tensor],
-                                                   Callable[[], torch.Tensor] | None]]:
+def chained_dwt3d(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """J-level packet transform as J one-level passes, each on every band of the previous level."""
+    for _ in range(levels):
+        x = dwt3d(x)
+    return x
+
+
+def chained_idwt3d(c: torch.Tensor, levels: int) -> torch.Tensor:
+    """Inverse of :func:`chained_dwt3d`: J one-level inverse passes."""
+    for _ in range(levels):
+        c = idwt3d(c)
+    return c
+
+
+def level_names(levels: list[int]) -> list[str]:
+    """The variants of the J-level rows (J > 1), fused then chained per J."""
+    return [f"{kind}_l{j}" for j in levels if j > 1 for kind in ("ours", "chained")]
+
+
+def _level_variants(x: torch.Tensor, levels: list[int]) -> dict[str, tuple[Callable[[], torch.Tensor],
+                                                                           Callable[[], torch.Tensor]]]:
+    """Fused (ours) and chained J-level round trips and bands for each J > 1 that divides the side."""
+    out = {}
+    for j in levels:
+        if j > 1 and x.shape[-1] % 2**j == 0:
+            out[f"ours_l{j}"] = (lambda j=j: idwt3d(dwt3d(x, j), j), lambda j=j: dwt3d(x, j))
+            out[f"chained_l{j}"] = (lambda j=j: chained_idwt3d(chained_dwt3d(x, j), j),
+                                    lambda j=j: chained_dwt3d(x, j))
+    return out
+
+
+def _variants(x: torch.Tensor, levels: list[int]) -> dict[str, tuple[Callable[[], torch.Tensor],
+                                                                     Callable[[], torch.Tensor] | None]]:
     """Round trip and band extraction per variant, all on the same (1, 1, N, N, N) input ``x``."""
     def ptwt_rt() -> torch.Tensor:
         import ptwt
@@ -162,6 +202,7 @@ def _variants(x: torch.Tensor) -> dict[str, tuple[Callable[[], torch.Tensor],
         return _stack(named)
 
     return {
+        **_level_variants(x, levels),
         "ours": (lambda: idwt3d(dwt3d(x)), lambda: dwt3d(x)),
         "dense": (lambda: dense_idwt3d(dense_dwt3d(x)), lambda: _stack(dense_dwt3d(x))),
         "ptwt": (ptwt_rt, ptwt_bands),
@@ -175,18 +216,29 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.to(torch.float64) - b.to(torch.float64)).abs().max())
 
 
-def run_size(size: int, repeats: int, threads: int, seed: int) -> list[dict[str, Any]]:
-    """Time every variant on one (1, 1, size, size, size) float32 volume; one row per variant."""
+def _level_of(variant: str) -> int:
+    """J of a variant name (``ours_l2`` -> 2; the one-level variants -> 1)."""
+    head, _, tail = variant.rpartition("_l")
+    return int(tail) if head and tail.isdigit() else 1
+
+
+def run_size(size: int, repeats: int, threads: int, seed: int,
+             levels: list[int] | None = None) -> list[dict[str, Any]]:
+    """Time every variant on one (1, 1, size, size, size) float32 volume; one row per variant
+    (the J-level ones for each J > 1 in ``levels`` with 2^J dividing ``size``)."""
     x = torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(seed + size))
-    ref = dwt3d(x)
+    levels = levels or [1]
+    variants = _variants(x, levels)
+    names = [*VARIANTS, *(v for v in level_names(levels) if v in variants)]
+    refs = {1: dwt3d(x), **{j: dwt3d(x, j) for j in levels if f"ours_l{j}" in variants}}
     rows: list[dict[str, Any]] = []
-    variants = _variants(x)
-    for name in VARIANTS:
+    for name in names:
         rt, bands = variants[name]
+        ref = refs[_level_of(name)]
         err = _max_diff(rt(), x)
         diff = _max_diff(bands(), ref) if bands is not None else float("nan")
         stats = summarize(time_repeats(rt, repeats=repeats, warmup=1))
-        log.info("%d^3 %-5s median %.4f s (min %.4f), round-trip err %.2e, bands vs ours %.2e",
+        log.info("%d^3 %-10s median %.4f s (min %.4f), round-trip err %.2e, bands vs ours %.2e",
                  size, name, stats["median_s"], stats["min_s"], err, diff)
         rows.append({"size": size, "variant": name, **stats, "roundtrip_max_err": err,
                      "bands_max_diff_vs_ours": diff, "threads": threads, "dtype": "float32"})
@@ -220,6 +272,20 @@ def target_lines(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(f"  limits (dense): 0.05 x dense = {budget:.3g} s, "
                      f"{budget / med['copy']:.2f} x one clone; the dense products take "
                      f"{med['dense']:.3g} s here (the upstream implementation was measured at 1.4-1.7 s)")
+    return lines + _level_target_lines(med, size, note)
+
+
+def _level_target_lines(med: dict[str, float], size: int, note: str) -> list[str]:
+    """Whether each fused J-level round trip ``ours_lJ`` ≤ 3 × copy, and how it compares with the
+    chained one-level passes and with one level."""
+    lines = []
+    for name in sorted(v for v in med if v.startswith("ours_l")):
+        got = med[name] / med["copy"]
+        verdict = "HOLDS" if got <= TARGET_VS_COPY else f"MISSED by {got / TARGET_VS_COPY:.2f}x"
+        chained = med.get(name.replace("ours", "chained"), float("nan"))
+        lines.append(f"target at {size}^3{note}: {name} <= {TARGET_VS_COPY:g} x copy: {got:.3g} x -> "
+                     f"{verdict} ({med[name]:.3g} s; chained {chained:.3g} s = {chained / med[name]:.2f} x "
+                     f"fused; one level {med['ours']:.3g} s)")
     return lines
 
 
@@ -227,6 +293,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256],
                    help="cube sides N (even); default 64 128 256")
+    p.add_argument("--levels", type=int, nargs="+", default=[1], choices=LEVELS,
+                   help="wavelet levels J; J > 1 adds the fused and chained J-level rows (default 1)")
     p.add_argument("--repeats", type=int, default=MIN_REPEATS, help=f"timed calls (>= {MIN_REPEATS})")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)
@@ -248,12 +316,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     setup_logging()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(a.threads)
-    log.info("torch %s, numpy %s, %d threads, sizes %s, %d repeats", torch.__version__,
-             np.__version__, a.threads, a.sizes, a.repeats)
+    log.info("torch %s, numpy %s, %d threads, sizes %s, levels %s, %d repeats", torch.__version__,
+             np.__version__, a.threads, a.sizes, a.levels, a.repeats)
     rows: list[dict[str, Any]] = []
     try:
         for size in sorted(a.sizes):
-            rows.extend(run_size(size, a.repeats, a.threads, a.seed))
+            rows.extend(run_size(size, a.repeats, a.threads, a.seed, a.levels))
     finally:
         torch.set_num_threads(previous_threads)  # callers in the same process (tests) keep theirs
     rows = [{c: r[c] for c in COLUMNS} for r in rows]

@@ -6,14 +6,23 @@ the resident set size (``VmRSS`` in ``/proc/self/status``, Linux) from a backgro
 the block runs and reports the peak above the level at entry. Polling every 5 ms costs a few
 microseconds per poll (the GIL is released inside torch kernels); a peak shorter than the period
 can be missed, so the value is a lower bound. Where ``/proc`` is absent the values are NaN.
+
+:func:`levels_figure` draws the rows of ``bench/bench_train_step.py --suite levels``.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-__all__ = ["rss_mb", "PeakRSS"]
+__all__ = ["rss_mb", "PeakRSS", "levels_figure", "GPU_LINES_GB"]
+
+#: Horizontal reference lines of :func:`levels_figure`: the A100 40 GB the paper used, an 80 GB GPU.
+GPU_LINES_GB = (40.0, 80.0)
 
 
 def rss_mb() -> float:
@@ -57,3 +66,70 @@ class PeakRSS:
     def delta_mb(self) -> float:
         """Peak RSS above the level at entry, MiB."""
         return self.peak_mb - self.start_mb
+
+
+def _series(label: str) -> str:
+    """The line a levels row belongs to: its label without the checkpointing mark."""
+    return label.replace(" +ckpt", "")
+
+
+def levels_figure(rows: Sequence[dict[str, Any]], out: str | os.PathLike,
+                  memory_limit_gib: float | None = None) -> Path:
+    """Peak memory (process peak RSS, GB) against resolution, one colour per model and level,
+    training solid and sampling dashed; checkpointed points hollow, an OOM a red cross at its
+    counted need (``count_gb``, else at the cap); the paper's sampling values as stars; lines at
+    40 GB, 80 GB and the cap. Written atomically with the project's Agg backend."""
+    from eval.plotting import pyplot, save_png
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    cap = memory_limit_gib * 2**30 / 1e9 if memory_limit_gib else None
+    series = list(dict.fromkeys(_series(r["label"]) for r in rows))
+    for i, name in enumerate(series):
+        for mode, style in (("train", "-"), ("sample", "--")):
+            pts = sorted((int(r["resolution"]), float(r["peak_memory_gb"]), bool(r["checkpointing"]))
+                         for r in rows if _series(r["label"]) == name and r["mode"] == mode
+                         and r["status"] == "ok" and r.get("peak_memory_gb"))
+            if not pts:
+                continue
+            xs, ys, ck = zip(*pts, strict=True)
+            ax.plot(xs, ys, style, color=f"C{i}", label=f"{name} {mode}")
+            for x, y, c in pts:
+                ax.plot(x, y, "o", color=f"C{i}", mfc="white" if c else f"C{i}")
+    _levels_marks(ax, rows, cap)
+    for gb in GPU_LINES_GB:
+        ax.axhline(gb, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(f"{gb:g} GB GPU", (0.01, gb), xycoords=("axes fraction", "data"), fontsize=7,
+                    va="bottom", color="grey")
+    if cap:
+        ax.axhline(cap, color="k", linestyle="--", linewidth=1, label=f"cap {memory_limit_gib:g} GiB")
+    res = sorted({int(r["resolution"]) for r in rows}) or [128]
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(res, [f"{r}³" for r in res])
+    ax.set_xlim(res[0] / 1.3, res[-1] * 1.3)
+    ax.set_xlabel("volume side R (R³ voxels)")
+    ax.set_ylabel("peak memory (GB, process peak RSS on CPU)")
+    ax.set_title("Training step (solid) and sampling step (dashed), batch 1; hollow: checkpointing",
+                 fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    return save_png(fig, out, dpi=120)
+
+
+def _levels_marks(ax: Any, rows: Sequence[dict[str, Any]], cap: float | None) -> None:
+    """OOM crosses (at the counted need, else the cap) and the paper's sampling values (stars)."""
+    first_oom = first_paper = True
+    for r in rows:
+        if r["status"] == "oom":
+            y = r.get("count_gb") or cap or 1.0
+            ax.plot(int(r["resolution"]), float(y), "x", color="red", markersize=10, mew=2.5,
+                    label="OOM (at its counted need)" if first_oom else None)
+            ax.annotate(f"{r['label']} {r['mode']}", (int(r["resolution"]), float(y)), fontsize=7,
+                        color="red", xytext=(5, 3), textcoords="offset points")
+            first_oom = False
+        if r.get("paper_gb"):
+            ax.plot(int(r["resolution"]), float(r["paper_gb"]), "*", color="k", markersize=9,
+                    label="paper, sampling (cuda max allocated)" if first_paper else None)
+            first_paper = False

@@ -123,3 +123,125 @@ def test_bench_activation_memory_smoke(tmp_path: Path) -> None:
     df = pd.read_csv(out)
     assert df["model"].tolist() == ["wdm", "ddpm3d"] and (df["estimate_gb"] > df["param_state_gb"]).all()
     assert df.loc[1, "estimate_vs_ddpm3d"] == 1.0 and 0 < df.loc[0, "estimate_vs_ddpm3d"] < 1
+
+
+def test_bench_levels_suite_smoke(tmp_path: Path) -> None:
+    """Training and sampling step rows at 8^3-16^3: one level, two levels, WavU-Net, voxels."""
+    out = tmp_path / "memory_levels.csv"
+    labels = ["wdm J=1", "wdm J=2", "wavunet J=1", "ddpm3d"]
+    _bench("bench_train_step").main(["--suite", "levels", "--widths", "tiny", "--scale", "16",
+                                     "--levels-rows", *labels, "--threads", "1", "--peak-n", "256",
+                                     "--memory-limit-gb", "8", "--out", str(out)])
+    df = pd.read_csv(out)
+    assert list(zip(df["label"], df["mode"], strict=True)) == [(lab, m) for lab in labels
+                                                               for m in ("train", "sample")]
+    assert (df["status"] == "ok").all() and (df["source"] == "measured").all()
+    assert df["resolution"].tolist() == [8, 8, 16, 16, 8, 8, 8, 8]
+    assert df.set_index("label")["levels"].to_dict() == {"wdm J=1": 1, "wdm J=2": 2,
+                                                         "wavunet J=1": 1, "ddpm3d": 0}
+    for col in ("s", "peak_memory_gb", "alloc_peak_gb", "count_gb", "flops_per_step",
+                "achieved_gflops", "peak_gflops", "efficiency"):
+        assert (df[col] > 0).all(), col
+    assert (df["repeats"] >= 3).all() and (df["batch_size"] == 1).all()
+    train = df[df["mode"] == "train"]
+    assert (train["count_param_state_gb"] > 0).all() and (train["alloc_peak_gb"] >= train["count_gb"]).all()
+    paper = df.set_index(["label", "mode"])["paper_gb"]
+    assert paper[("wdm J=1", "sample")] == 2.55 and pd.isna(paper[("wdm J=1", "train")])
+    assert df["note"].str.contains("torch.cuda.max_memory_allocated").all()
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_levels_plan_and_reuse(tmp_path: Path) -> None:
+    b = _bench("bench_train_step")
+    plan = b.level_plan(["wdm J=2 +ckpt"], ("train", "sample"), 1)
+    assert [(r["resolution"], r["levels"], r["checkpointing"], r["mode"]) for r in plan] == [
+        (512, 2, True, "train"), (512, 2, True, "sample")]
+    with pytest.raises(ValueError, match="allowed"):
+        b.level_plan(["wdm J=9"], ("train",), 1)
+    cfg, src = b.level_config("wdm", "wdm-512", 2, 512, True)
+    assert src.endswith("wdm_512.yaml") and cfg["diffusion"]["levels"] == 2
+    assert cfg["network"] == {"preset": "wdm-512", "use_checkpoint": True}
+    tiny = b.level_config("wdm", "wdm-128-wavunet", 1, 128, False, "tiny")[0]
+    assert tiny["network"]["preset"] == "tiny-wavunet"
+    csv = tmp_path / "train_step.csv"
+    pd.DataFrame([{"label": "ddpm3d", "model": "ddpm3d", "resolution": 128, "checkpointing": False,
+                   "precision": "fp32", "status": "oom", "peak_memory_gb": 22.4}]).to_csv(csv, index=False)
+    pd.DataFrame([{"model": "ddpm3d", "resolution": 128, "estimate_gb": 27.9,
+                   "saved_activations_gb": 26.9}]).to_csv(tmp_path / "activation_memory.csv", index=False)
+    ddpm = b.level_plan(["ddpm3d"], ("train", "sample"), 1)
+    old = b._reused(ddpm[0], csv)
+    assert old["status"] == "oom" and old["count_gb"] == 27.9 and "reused" in old["source"]
+    assert b._reused(ddpm[1], csv) is None  # sampling rows are always measured
+
+
+def test_flops_extrapolation_is_exact_and_peak_positive() -> None:
+    import copy
+
+    from tests.conftest import TINY_RUN
+    from wdm.budget import training_flops_per_step
+    from wdm.config import resolve_run_config
+
+    f = _bench("bench_flops")
+    cfg = copy.deepcopy(TINY_RUN)
+    cfg["diffusion"]["levels"] = 2
+    cfg = resolve_run_config(cfg)
+    est = f.extrapolated_flops(cfg, 32, (8, 16))["flops_per_step"]
+    assert est == pytest.approx(training_flops_per_step(cfg, (32, 32, 32)), rel=1e-9)
+    peak = f.peak_matmul_gflops(128, repeats=3, threads=1)
+    assert peak["peak_gflops"] > 0 and len(peak["peak_matmul_s_all"]) == 3
+    assert f.efficiency_fields(2e9, 2.0, 10.0) == {"achieved_gflops": 1.0, "efficiency": 0.1}
+    assert f.efficiency_fields(None, 2.0, 10.0)["efficiency"] is None
+    with pytest.raises(ValueError):
+        f.peak_matmul_gflops(64, repeats=2)
+
+
+def test_probe_allocation_peak_counts_a_known_allocation() -> None:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from wdm.probe import allocation_peak_bytes
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        a = torch.ones(1_000_000)  # 4 MB
+        b = torch.ones(2_000_000)  # 8 MB, both alive
+        del a, b
+        c = torch.ones(500_000)
+        del c
+    assert 12_000_000 <= allocation_peak_bytes(prof) < 12_100_000
+
+
+@pytest.mark.slow  # ~17 wdm-bench sub-processes at 16^3: about a minute on 2 cores
+def test_bench_depth_quality_smoke(tmp_path: Path) -> None:
+    """The depth driver end to end at 16^3 with tiny presets; a rerun skips every step."""
+    work, out, pw = tmp_path / "work", tmp_path / "depth.csv", tmp_path / "pairwise.csv"
+    argv = ["--work", str(work), "--size", "16", "--tiny", "--n", "4", "--n-train", "6", "--n-test", "4",
+            "--flop-budget", "1e9", "--extractor-size", "16", "--extractor-steps", "2",
+            "--extractor-volumes", "4", "--out", str(out), "--pairwise-out", str(pw), "--eval-json",
+            '{"n_bootstrap": 10, "pairwise_bootstrap": 20, "kid_subsets": 5, "fid_inf_points": 3}']
+    b = _bench("bench_depth_quality")
+    b.main(argv)
+    df = pd.read_csv(out).set_index("variant")
+    assert df.index.tolist() == ["wdm-j1", "wdm-j2", "wdm-wavunet", "wdm-j1-init", "reference"]
+    trained = df.loc[["wdm-j1", "wdm-j2", "wdm-wavunet"]]
+    assert trained["levels"].tolist() == [1, 2, 1]
+    assert trained["network"].tolist() == ["tiny", "tiny", "tiny-wavunet"]
+    assert (trained["steps"] >= 1).all() and (trained["train_flops"] <= 1e9).all()
+    assert (trained["gflop_per_step"] > 0).all() and df.loc["wdm-j1-init", "steps"] == 0
+    assert (df["n"].drop("reference") == 4).all() and df[["kid_x1e3", "fid", "ms_ssim"]].notna().all().all()
+    pairs = pd.read_csv(pw)
+    assert len(pairs) == 2 * 10 and set(pairs["metric"]) == {"fid", "kid"}
+    timings = (work / "timings.json").read_text()
+    b.main(argv)  # resumes: nothing reruns, the same table
+    assert (work / "timings.json").read_text() == timings
+    pd.testing.assert_frame_equal(pd.read_csv(out).set_index("variant"), df)
+
+
+def test_bench_depth_quality_refuses_a_run_of_another_budget(tmp_path: Path) -> None:
+    b = _bench("bench_depth_quality")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_profile.json").write_text('{"flop_budget": {"flop_budget": 2e12}, "batch_size": 2}')
+    b.check_budget(run, 2e12, 2)
+    with pytest.raises(ValueError, match="another --work folder"):
+        b.check_budget(run, 4e12, 2)
+    assert b.check_budget(tmp_path / "none", 4e12, 2) is None

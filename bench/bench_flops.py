@@ -1,0 +1,98 @@
+"""Compute efficiency: counted FLOPs of a step over its time, against this machine's matmul peak.
+
+The peak is a large float32 matrix product (``N x N @ N x N``, default N = 4096, ``2 N^3`` FLOPs)
+timed after a warm-up, median of ``repeats`` (>= 3) with ``threads`` torch threads: the best dense
+throughput this CPU gives torch. A step's FLOPs are counted as :func:`wdm.budget.training_flops_per_step`
+counts them (:class:`torch.utils.flop_counter.FlopCounterMode`: matrix products and convolutions,
+forward and backward; element-wise work and the optimizer update are not counted), either inside
+the probe's warm-up step (``wdm.probe --count-flops``) or, for a row that is not re-run, by
+:func:`extrapolated_flops`: a network's FLOPs are ``a + b R^3`` exactly (every convolution's cost is
+proportional to its output voxels, the timestep MLP is constant), so two counts at small ``R`` give
+the count at any size of the same architecture. Under activation checkpointing the recomputed
+forward is counted (it is work the step does).
+
+Run:  python bench/bench_flops.py [--n 4096] [--repeats 3] [--threads 2]   (prints the peak)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import MIN_REPEATS, time_repeats  # noqa: E402
+
+__all__ = ["peak_matmul_gflops", "extrapolated_flops", "efficiency_fields"]
+
+log = logging.getLogger("bench.flops")
+
+
+def peak_matmul_gflops(n: int = 4096, repeats: int = MIN_REPEATS, threads: int | None = 2,
+                       warmup: int = 1) -> dict[str, Any]:
+    """GFLOP/s of a float32 ``n x n @ n x n`` product (median of ``repeats`` after ``warmup``)."""
+    import torch
+
+    if repeats < MIN_REPEATS:
+        raise ValueError(f"repeats must be >= {MIN_REPEATS}, got {repeats}")
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        gen = torch.Generator().manual_seed(0)
+        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+        out = torch.empty(n, n)
+        times = time_repeats(lambda: torch.mm(a, b, out=out), repeats=repeats, warmup=warmup)
+    finally:
+        torch.set_num_threads(old)
+    med = statistics.median(times)
+    return {"peak_gflops": 2 * n**3 / med / 1e9, "peak_matmul_n": n, "peak_matmul_s": med,
+            "peak_matmul_s_all": times, "peak_threads": threads or old}
+
+
+def extrapolated_flops(cfg: dict, resolution: int, small: tuple[int, int]) -> dict[str, Any]:
+    """Training-step FLOPs of the resolved run config ``cfg`` at ``resolution`` from exact counts at
+    the two ``small`` sizes (``a + b R^3``, see the module docstring)."""
+    from wdm.budget import training_flops_per_step
+
+    r1, r2 = small
+    f1, f2 = (training_flops_per_step(copy.deepcopy(cfg), (r,) * 3) for r in (r1, r2))
+    b = (f2 - f1) / (r2**3 - r1**3)
+    a = f1 - b * r1**3
+    return {"flops_per_step": a + b * resolution**3, "flops_source": f"extrapolated a + b R^3 from "
+            f"counts at {r1}^3 ({f1:.4g}) and {r2}^3 ({f2:.4g})"}
+
+
+def efficiency_fields(flops: float | None, seconds: float | None, peak_gflops: float | None
+                      ) -> dict[str, float | None]:
+    """``achieved_gflops`` (FLOPs / s) and ``efficiency`` (achieved / peak); None where missing."""
+    if not flops or not seconds:
+        return {"achieved_gflops": None, "efficiency": None}
+    achieved = flops / seconds / 1e9
+    return {"achieved_gflops": achieved, "efficiency": achieved / peak_gflops if peak_gflops else None}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Print this machine's measured matmul peak."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=4096)
+    p.add_argument("--repeats", type=int, default=MIN_REPEATS)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    if a.repeats < MIN_REPEATS:
+        p.error(f"--repeats must be >= {MIN_REPEATS}, got {a.repeats}")
+    res = peak_matmul_gflops(a.n, a.repeats, a.threads)
+    sys.stdout.write(f"float32 {a.n}x{a.n} matmul, {res['peak_threads']} threads: "
+                     f"{res['peak_gflops']:.1f} GFLOP/s (median {res['peak_matmul_s']:.3f} s of "
+                     f"{len(res['peak_matmul_s_all'])})\n")
+    return res
+
+
+if __name__ == "__main__":
+    main()
