@@ -199,14 +199,18 @@ def check_budget(run: Path, budget: float, batch_size: int) -> None:
 
 
 def train_and_sample(a: argparse.Namespace, steps: Steps, data: Path) -> None:
-    """Train every variant for the budget, sample it, and sample J=1's initialisation."""
+    """Train every variant for the budget, sample it, and sample J=1's initialisation.
+
+    Training always passes ``--resume``: an interrupted run continues from its last checkpoint
+    (from scratch when it has none), a finished one is skipped.
+    """
     for v in VARIANTS:
         cfg = variant_config(a, v)
         run = a.work / v.name / "run"
         check_budget(run, a.flop_budget, a.batch_size)
         steps.run(f"train_{v.name}", run / "train_profile.json",
                   ["train", "--config", cfg, "--data", data, "--out", run, "--flop-budget",
-                   repr(a.flop_budget), "--threads", a.threads, "--no-progress"])
+                   repr(a.flop_budget), "--resume", "--threads", a.threads, "--no-progress"])
         samples = a.work / v.name / "samples"
         steps.run(f"sample_{v.name}", samples / "sample_profile.json",
                   ["sample", "--run", run, "--n", a.n, "--seed", a.seed, "--out", samples,

@@ -26,9 +26,12 @@ Variants, all timed in this one process on the same input:
 Each variant also reports its round-trip error ``max |rt(x) - x|`` and, where it yields sub-bands,
 the largest difference of its 8 bands from ours in :data:`wdm.wavelets.BANDS` order (checks that
 the band order and normalisation agree). Timings are medians of ``--repeats`` (≥ 3) calls after
-one warm-up call, at ``--threads`` torch threads. Targets at 256³: ours ≤ 0.05 × dense
-and ≤ 3 × copy, and each ``ours_lJ`` ≤ 3 × copy; the closing lines say whether each holds.
-CSV: ``results/bench/dwt.csv`` (written with ``--levels 1 2``; the default is one level only).
+one warm-up call, variant after variant, at ``--threads`` torch threads (not interleaved: after
+another variant has freed a 64 MiB buffer a clone may reuse touched pages and skip its first-touch
+cost, ~0.004 s instead of ~0.025 s, which would move the anchor). Targets at 256³: ours ≤ 0.05 ×
+dense and ≤ 3 × copy, and each ``ours_lJ`` ≤ 3 × copy; the closing lines say whether each holds.
+CSV: ``results/bench/dwt.csv`` (written with ``--levels 1 2 3``; the default
+is one level only).
 
 Cost: dense ~0.55 s and pywt ~0.75 s per call at 256³ on a quiet 2-core machine (2 threads), so the
 default run takes about 15 s. On an oversubscribed machine (load ≫ threads) every 2-thread torch op

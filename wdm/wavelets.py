@@ -48,8 +48,14 @@ strided sub-lattices are gathered once into a (8^J, K) buffer, then J 8x8 GEMMs 
 Kronecker factor (8 multiply-adds per coefficient and level, where the 64x64 block matrix would
 take 64), the last writing into the band-major output. The inverse runs the mixes in reverse
 order and scatters with one copy per width-parity pattern (a single strided copy whose innermost
-dimension is a size-2 parity runs ~7x slower). Speed at 256^3 float32, 2 threads (same machine
-and script): SPEED_PLACEHOLDER
+dimension is a size-2 parity runs ~7x slower). Speed at 256^3 float32, 2 threads (same machine,
+``bench/bench_dwt.py --levels 1 2 3``, medians over five runs): a J = 2 round trip takes
+~0.08-0.12 s, 3.1-4.0x ``x.clone()`` (0.021-0.029 s), about the one-level time (0.9-1.3x) and
+1.6-1.9x faster than two chained one-level passes (~0.14-0.19 s); J = 3 ~0.14-0.18 s (chained
+~0.21-0.30 s). The "3x clone" target (~0.07 s) is missed at J = 2 by 3-35 %: the first touch
+of the two fresh 64 MiB outputs takes ~0.04 s (~0.02 s each; it varies with the VM's memory state,
+as the clone does), which leaves ~0.03 s, and the 8^J-way gather/scatter plus J GEMMs per
+direction take ~0.04 s (~0.03 s at J = 1, itself 2.5-4x clone in the same runs).
 """
 
 from __future__ import annotations
@@ -297,7 +303,8 @@ def _idwt_packet_impl(coeffs: torch.Tensor, levels: int) -> torch.Tensor:
     order = tuple(range(levels, 0, -1))  # the first mix (level J) reads `coeffs` in place
     x = torch.empty(n, s * d, s * h, s * w, dtype=coeffs.dtype, device=coeffs.device)
     xv = _lattice_view(x, n, d, h, w, levels)
-    lattices = (2,) * (3 * levels)
+    lattices, w_first = (2,) * (3 * levels), _w_parity_first(levels)
+    to_dst = tuple(perm[i] for i in w_first)  # volume view -> width parities first, then as res
     if _one_shot(coeffs):
         res, a = (torch.empty(n, nb, d * h * w, dtype=x.dtype, device=x.device) for _ in range(2))
         _mix_all(m, cv.view(n, nb, -1), res, (a, torch.empty_like(a) if levels > 2 else a), levels, order)
@@ -312,25 +319,29 @@ def _idwt_packet_impl(coeffs: torch.Tensor, levels: int) -> torch.Tensor:
         k = ni * nj * w
         res, a, b = (work[o * size: o * size + nb * g * k].view(g, nb, k) for o in range(3))
         _mix_all(m, cv[v0:v1, :, i0:i1, j0:j1].view(g, nb, k), res, (a, b), levels, order)
-        dst = xv[(slice(v0, v1), slice(i0, i1), *rest, slice(j0, j1))].permute(perm)
-        src = res.view(g, *lattices, ni, nj, w)
-        for index in _w_parity_slices(levels):  # scatter the sub-lattices
-            dst[index].copy_(src[index])
+        dst = xv[(slice(v0, v1), slice(i0, i1), *rest, slice(j0, j1))].permute(to_dst)
+        src = res.view(g, *lattices, ni, nj, w).permute(w_first)
+        for a_dst, a_src in zip(_leading_views(dst, levels), _leading_views(src, levels), strict=True):
+            a_dst.copy_(a_src)  # scatter the sub-lattices of one width-parity pattern
     return x.view(bsz, cj // nb, s * d, s * h, s * w)
 
 
 @functools.lru_cache(maxsize=4)
-def _w_parity_slices(levels: int) -> list[tuple[slice | int, ...]]:
-    """Index tuples of the sub-lattice-major view (see :func:`_packet_perm`) fixing every width
-    parity a_l^w: one copy per tuple runs its inner loop along the block index l (stride 2^J in
-    the volume) instead of a size-2 parity dimension, ~7x faster at J = 2 than one strided copy."""
-    out = []
-    for bits in itertools.product((0, 1), repeat=levels):
-        index: list[slice | int] = [slice(None)] * (4 + 3 * levels)
-        for lv, bit in enumerate(bits):
-            index[3 + 3 * lv] = bit
-        out.append(tuple(index))
-    return out
+def _w_parity_first(levels: int) -> tuple[int, ...]:
+    """Permutation of the sub-lattice-major view (see :func:`_packet_perm`) that brings the J width
+    parities a_l^w to the front: one copy per width-parity pattern then runs its inner loop along
+    the block index l (stride 2^J in the volume) instead of a size-2 parity dimension, ~7x faster
+    at J = 2 than one strided copy."""
+    w_dims = [3 + 3 * lv for lv in range(levels)]
+    return (*w_dims, *(i for i in range(4 + 3 * levels) if i not in w_dims))
+
+
+def _leading_views(t: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """The 2^count views of ``t`` with its first ``count`` (size-2) dimensions fixed, C order."""
+    views = [t]
+    for _ in range(count):
+        views = [u for v in views for u in v.unbind(0)]
+    return views
 
 
 class _PacketDWT(torch.autograd.Function):
