@@ -9,9 +9,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from tests.conftest import TINY_RUN
+from tests.test_networks import _randomize
 from wdm.checkpoints import latest_checkpoint, load_checkpoint
 from wdm.io import load_nifti
 from wdm.networks import NETWORK_PRESETS, build_network, count_parameters
@@ -25,16 +25,6 @@ def _tiny(**overrides: object) -> WavUNet:
     net = build_network({"preset": "tiny-wavunet", **overrides}, in_channels=8, out_channels=8)
     assert isinstance(net, WavUNet)
     return net
-
-
-def _randomize(model: nn.Module, seed: int = 0, std: float = 0.05) -> nn.Module:
-    """Give the zero-initialised convs random weights, so every parameter shapes the output."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
-    return model
 
 
 def _haar(v: torch.Tensor) -> torch.Tensor:
