@@ -355,6 +355,23 @@ class DenoisingUNet(nn.Module):
             )
         return t
 
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float | int) -> torch.Tensor:
+        """Denoise ``x`` at timesteps ``t`` (the architecture's :meth:`_denoise` on the checked
+        input and its sinusoidal time embedding).
+
+        Args:
+            x: ``(B, C_in, D, H, W)``, each side divisible by ``downsample_factor``.
+            t: ``(B,)`` timesteps (long or float; a scalar is broadcast over the batch).
+
+        Returns:
+            ``(B, C_out, D, H, W)`` (the x0 prediction in WDM).
+        """
+        t = self._check_inputs(x, t)
+        return self._denoise(x, self.time_embed(timestep_embedding(t, self.base_channels).to(x.dtype)))
+
+    def _denoise(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
 
 class WDMUNet(DenoisingUNet):
     """Guided-diffusion 3D U-Net with additive (averaged) skips, as used by WDM.
@@ -419,18 +436,8 @@ class WDMUNet(DenoisingUNet):
             _zero_module(nn.Conv3d(base_channels, out_channels, 3, padding=1)),
         )
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float | int) -> torch.Tensor:
-        """Denoise ``x`` at timesteps ``t``.
-
-        Args:
-            x: ``(B, C_in, D, H, W)``, each side divisible by ``downsample_factor``.
-            t: ``(B,)`` timesteps (long or float; a scalar is broadcast over the batch).
-
-        Returns:
-            ``(B, C_out, D, H, W)`` (the x0 prediction in WDM).
-        """
-        t = self._check_inputs(x, t)
-        emb = self.time_embed(timestep_embedding(t, self.base_channels).to(x.dtype))
+    def _denoise(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Encoder, middle and decoder with averaged skips; ``emb`` (B, 4 base) the time embedding."""
         skips = []
         h = x
         for block in self.input_blocks:

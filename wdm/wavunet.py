@@ -64,7 +64,6 @@ from wdm.networks import (
     GroupNorm32,
     ResBlock,
     TimestepEmbedSequential,
-    timestep_embedding,
 )
 from wdm.wavelets import dwt3d, idwt3d
 
@@ -231,18 +230,8 @@ class WavUNet(DenoisingUNet):
                 h = block(h, emb)
         return h, skips
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float | int) -> torch.Tensor:
-        """Denoise ``x`` at timesteps ``t``.
-
-        Args:
-            x: ``(B, C_in, D, H, W)``, each side divisible by ``downsample_factor``.
-            t: ``(B,)`` timesteps (long or float; a scalar is broadcast over the batch).
-
-        Returns:
-            ``(B, C_out, D, H, W)`` (the x0 prediction in WDM).
-        """
-        t = self._check_inputs(x, t)
-        emb = self.time_embed(timestep_embedding(t, self.base_channels).to(x.dtype))
+    def _denoise(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """DWT encoder (high bands to the skips), middle, IDWT decoder and the output blocks."""
         h, skips = self._encode(x, emb)
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
