@@ -91,3 +91,9 @@ def print_rows(rows: list[dict[str, Any]], columns: Sequence[str] | None = None)
     text = df.to_string(index=False, float_format=lambda v: f"{v:.4g}")
     sys.stdout.write(text + "\n")
     return text
+
+
+def peak_gb_suffix(row: dict) -> str:
+    """`` 5.19 GB`` for a measured row's ``peak_memory_gb`` (status ok), else ``""``."""
+    ok = row.get("status") == "ok" and row.get("peak_memory_gb")
+    return f" {row['peak_memory_gb']:.2f} GB" if ok else ""

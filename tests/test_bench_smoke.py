@@ -152,7 +152,7 @@ def test_bench_levels_suite_smoke(tmp_path: Path) -> None:
 
 
 def test_bench_levels_plan_and_reuse(tmp_path: Path) -> None:
-    b = _bench("bench_train_step")
+    b = _bench("bench_levels")
     plan = b.level_plan(["wdm J=2 +ckpt"], ("train", "sample"), 1)
     assert [(r["resolution"], r["levels"], r["checkpointing"], r["mode"]) for r in plan] == [
         (512, 2, True, "train"), (512, 2, True, "sample")]
