@@ -27,17 +27,18 @@ ddpm3d runs out of memory there, the ratio at the largest resolution where both 
 training step at 256^3 within 24 GiB (any of its rows).
 
 ``--suite levels`` (:mod:`bench.bench_levels`, rows :data:`~bench.bench_levels.LEVEL_ROWS`): a
-training step and a sampling step (one network evaluation with wavelet clipping and the decoding, ``sample_steps = 1``) side by side, batch 1, each
-an isolated probe, for WDM at one level (wdm-128 at 128^3, wdm-256 + checkpointing at 256^3), at two
-levels (preset wdm-512: 256^3, and 512^3 with checkpointing), the WavU-Net (wdm-128-wavunet, 128^3)
-and ddpm3d (128^3). Each row has the process peak RSS (and minus the post-import baseline), the CPU
-allocator's peak (``alloc_peak_gb``, the counterpart of the paper's ``torch.cuda.max_memory_allocated``),
-the activation count (``count_gb``: :func:`wdm.activation_memory.count_training_memory`; a sampling
-row: its float32 weights), the paper's sampling value (``paper_gb``), the counted FLOPs of the step
-and its FLOP/s against a float32 matmul peak measured first (:mod:`bench.bench_flops`).
-``--reuse train_step.csv`` takes the training rows of ``--reuse-rows`` from an earlier run (their
-counts are still made, FLOPs extrapolated). Writes ``results/bench/memory_levels.csv`` (a separate
-file: its rows have a mode and levels, the README's train_step table has neither) and
+training step and a sampling step (one network evaluation with wavelet clipping and the decoding,
+``sample_steps = 1``) side by side, batch 1, each an isolated probe, for WDM at one level (wdm-128
+at 128^3, wdm-256 + checkpointing at 256^3), at two levels (preset wdm-512: 256^3, and 512^3 with
+checkpointing), the WavU-Net (wdm-128-wavunet, 128^3) and ddpm3d (128^3). Each row has the process
+peak RSS (and minus the post-import baseline), the CPU allocator's peak (``alloc_peak_gb``, the
+counterpart of the paper's ``torch.cuda.max_memory_allocated``), the activation count (``count_gb``:
+:func:`wdm.activation_memory.count_training_memory`; a sampling row: its float32 weights), the
+paper's sampling value (``paper_gb``), the counted FLOPs of the step and its FLOP/s against a
+float32 matmul peak measured first (:mod:`bench.bench_flops`). ``--reuse train_step.csv`` takes the
+training rows of ``--reuse-rows`` from an earlier run (their counts are still made, FLOPs
+extrapolated). Writes ``results/bench/memory_levels.csv`` (a separate file: its rows have a mode and
+levels, the README's train_step table has neither) and
 ``results/bench/memory_vs_resolution_levels.png``.
 
 Run:  python bench/bench_train_step.py [--resolutions 32 64 128 256] [--models ...] [--repeats 3]
