@@ -89,3 +89,14 @@ def test_loss_decreases_on_constant_volumes():
         opt.step()
         losses.append(loss.item())
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
+
+
+
+def test_refuses_wavelet_levels():
+    """diffusion.levels is WDM's; the voxel-space model refuses 2 instead of ignoring it."""
+    from wdm.io import InputError
+
+    with pytest.raises(InputError, match=r"diffusion.levels: 2 is for model wdm.*'ddpm3d'"):
+        Model(resolve_run_config({**TINY_RUN, "model": "ddpm3d", "diffusion": {"levels": 2}}), (16, 16, 16))
+    wdm2 = WDMModel(resolve_run_config({**TINY_RUN, "diffusion": {"levels": 2}}), (16, 16, 16))
+    assert wdm2.state_shape == (64, 4, 4, 4)

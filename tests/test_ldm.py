@@ -129,6 +129,14 @@ def test_default_config_is_valid():
     assert s2["ldm"]["vqgan_run"] == "somewhere"
 
 
+def test_stage2_refuses_wavelet_levels():
+    """diffusion.levels is WDM's; the latent diffusion stage refuses 2 instead of ignoring it."""
+    cfg = stage_config({**TINY_LDM, "diffusion": {**TINY_LDM["diffusion"], "levels": 2}}, "diffusion",
+                       "no-such-run")
+    with pytest.raises(InputError, match=r"diffusion.levels: 2 is for model wdm.*'ldm'"):
+        build_model(cfg, (16, 16, 16))
+
+
 def _blobs(n: int = 2, size: int = 16) -> torch.Tensor:
     """(n, 1, s, s, s) smooth blobs in [-1, 1]: a trivially learnable data set."""
     ax = torch.linspace(-1, 1, size)

@@ -240,9 +240,21 @@ class DiffusionModel(BenchmarkModel):
         cfg: resolved run config (``network``, ``diffusion`` sections used here).
         volume_shape: (D, H, W) of the training volumes.
         state_shape: (C, d, h, w) of the diffusion state the network denoises.
+
+    Raises:
+        InputError: ``diffusion.levels`` is not 1 and the subclass has no wavelet levels
+            (:attr:`wavelet_levels` is False).
     """
 
+    #: Whether ``diffusion.levels`` means something to this model (WDM's packet transform); for the
+    #: others only 1 is accepted, so a config asking for 2 is refused instead of ignored.
+    wavelet_levels: bool = False
+
     def __init__(self, cfg: dict, volume_shape: Sequence[int], state_shape: Sequence[int]) -> None:
+        levels = cfg["diffusion"].get("levels", 1)
+        if levels != 1 and not self.wavelet_levels:
+            raise InputError(f"diffusion.levels: {levels} is for model wdm (its wavelet levels); model "
+                             f"{cfg.get('model')!r} has no wavelet transform, set it to 1")
         super().__init__(cfg, volume_shape)
         self.state_shape = tuple(int(s) for s in state_shape)
         channels = self.state_shape[0]
@@ -324,6 +336,8 @@ class WDMModel(DiffusionModel):
         cfg: resolved run config (``network``, ``diffusion`` sections used here).
         volume_shape: (D, H, W) of the training volumes; each side divisible by 2^J.
     """
+
+    wavelet_levels = True
 
     def __init__(self, cfg: dict, volume_shape: Sequence[int]) -> None:
         d, h, w = (int(s) for s in volume_shape)
