@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +42,14 @@ from eval.features import (
     medicalnet_resnet,
     resolve_weights,
 )
-from eval.memorise import memorisation, train_files_of
+from eval.memorise import memorisation, split_note, train_files_of
 from eval.metrics import max_ms_ssim_scales, ms_ssim_bootstrap_ci, pairwise_ms_ssim
 from eval.scores import SCORE_KEYS, feature_scores, protocol_note
+from eval.volumes import load_checked, real_files, select_files, stream_checked
 from wdm.config import EvaluationSettings
-from wdm.data.prepare import MANIFEST, read_manifest
 from wdm.io import (
     InputError,
     code_version,
-    list_volumes,
-    load_nifti,
     sha256_file,
     write_json_atomic,
 )
@@ -68,9 +66,6 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "hagan": {"input_range": (-1.0, 1.0), "weights": "resnet_50"},
 }
 
-#: tolerance on the [0, 1] range check of input volumes.
-RANGE_TOL = 1e-3
-
 #: result fields that hold measured numbers (and what they were measured on): null when out of memory.
 MEASURED_KEYS: tuple[str, ...] = (
     *SCORE_KEYS, "ms_ssim", "ms_ssim_ci_low", "ms_ssim_ci_high", "ms_ssim_std", "ms_ssim_se",
@@ -80,63 +75,6 @@ MEASURED_KEYS: tuple[str, ...] = (
     "n_real", "n_fake", "protocol_note", "feature_extractor", "feature_dim", "weights_sha256",
     "shape",
 )
-
-
-def real_files(folder: str | os.PathLike) -> list[Path]:
-    """The real volumes of ``folder``, sorted by name.
-
-    When ``folder`` is a split of a prepared data folder (``folder/../manifest.csv`` lists files
-    ``<folder name>/...``), exactly the files the manifest lists for it: a stray file beside them
-    does not count and a listed file that is missing is an :class:`InputError` naming it.
-    Otherwise (a plain folder) every NIfTI volume in it (:func:`wdm.io.list_volumes`).
-    """
-    folder = Path(folder)
-    manifest = folder.parent / MANIFEST
-    if not folder.is_dir() or not manifest.is_file():
-        return list_volumes(folder)
-    listed = [row["file"] for row in read_manifest(folder.parent)
-              if Path(row["file"]).parent.name == folder.name and len(Path(row["file"]).parts) == 2]
-    if not listed:
-        return list_volumes(folder)
-    files = sorted((folder / Path(f).name for f in listed), key=lambda p: p.name)
-    for f in files:
-        if not f.is_file():
-            raise InputError(f"{f}: listed in {manifest} but missing, expected the prepared volume "
-                             "(re-run 'wdm-bench prepare')")
-    return files
-
-
-def _select(folder: str | os.PathLike, n: int | None, what: str) -> list[Path]:
-    files = real_files(folder) if what == "real" else list_volumes(folder)
-    if n is not None:
-        if n < 1:
-            raise InputError(f"n_{what} must be >= 1, got {n}")
-        if len(files) < n:
-            raise InputError(f"{folder}: {len(files)} volumes, fewer than n_{what}={n}")
-        files = files[:n]
-    return files
-
-
-def _load_checked(path: Path, shape: tuple[int, ...] | None) -> np.ndarray:
-    vol, _ = load_nifti(path)
-    lo, hi = float(vol.min()), float(vol.max())
-    if lo < -RANGE_TOL or hi > 1 + RANGE_TOL:
-        raise InputError(f"{path}: values in [{lo:.4g}, {hi:.4g}], expected [0, 1] "
-                         f"(tolerance {RANGE_TOL})")
-    if shape is not None and vol.shape != shape:
-        raise InputError(f"{path}: shape {vol.shape} differs from {shape} of the other volumes")
-    return np.clip(vol, 0.0, 1.0)
-
-
-def load_checked(path: str | os.PathLike, shape: tuple[int, ...] | None) -> np.ndarray:
-    """A volume (D, H, W) in [0, 1] (clipped within ``RANGE_TOL``); InputError naming the file
-    for values outside [0, 1] or a shape other than ``shape`` (None: any)."""
-    return _load_checked(Path(path), shape)
-
-
-def _stream(files: Sequence[Path], shape: tuple[int, ...]) -> Iterator[np.ndarray]:
-    for f in files:
-        yield _load_checked(f, shape)
 
 
 def _resolve_spec(weights: str | None, protocol: str) -> str | None:
@@ -203,15 +141,15 @@ def real_statistics(real_dir: str | os.PathLike, settings: EvaluationSettings, *
     and the file names with their SHA-256.
     """
     ext = _extractor or _make_extractor(settings)
-    files = _select(real_dir, settings.n_real, "real")
+    files = select_files(real_dir, settings.n_real, "real")
     if len(files) < 2:
         raise InputError(f"{real_dir}: need at least 2 real volumes, got {len(files)}")
-    shape = tuple(_load_checked(files[0], None).shape)
-    feats = ext.features(_stream(files, shape), settings.batch_size, device)
+    shape = tuple(load_checked(files[0], None).shape)
+    feats = ext.features(stream_checked(files, shape), settings.batch_size, device)
     out = _set_stats(feats, ext, settings, shape, files, real_dir=str(real_dir))
     backend = _frd_backend(settings)
     if backend is not None:  # the real side of FRD, extracted once like the features
-        out["radiomics"] = _radiomics(np.stack([_load_checked(f, shape) for f in files]))
+        out["radiomics"] = _radiomics(np.stack([load_checked(f, shape) for f in files]))
         out["meta"]["radiomics_backend"] = backend
     return out
 
@@ -285,6 +223,9 @@ def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike,
     feats_real, real_meta = real_cache["features"], real_cache["meta"]
     note = protocol_note(settings.protocol, len(feats_real), len(fake_files), settings.allow_small_n,
                          protocol_extractor=ext.is_protocol_extractor, where=str(fake_dir))
+    if split := split_note(real_meta.get("real_dir")):
+        logger.warning("%s: %s", fake_dir, split)
+        note = f"{note}; {split}" if note else split
     test = _test_set(test_features, ext, shape)
     feats_fake = ext.features(fakes, settings.batch_size, device)
     if features_out is not None:
@@ -330,12 +271,12 @@ def _oom_result(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike,
 
 def _load_fakes(fake_dir: str | os.PathLike, n_fake: int | None) -> tuple[list[Path], np.ndarray]:
     """The generated files used and their volumes stacked as ``(N, D, H, W)`` (checked)."""
-    fake_files = _select(fake_dir, n_fake, "fake")
+    fake_files = select_files(fake_dir, n_fake, "fake")
     if len(fake_files) < 2:
         raise InputError(f"need at least 2 fake volumes, got {len(fake_files)} ({fake_dir})")
-    first = _load_checked(fake_files[0], None)
+    first = load_checked(fake_files[0], None)
     shape = tuple(first.shape)
-    return fake_files, np.stack([first] + [_load_checked(f, shape) for f in fake_files[1:]])
+    return fake_files, np.stack([first] + [load_checked(f, shape) for f in fake_files[1:]])
 
 
 def _ms_ssim_scales(fake_dir: str | os.PathLike, shape: tuple[int, ...], kernel_size: int) -> int:
@@ -392,7 +333,7 @@ def _memorisation(fakes: np.ndarray, fake_files: Sequence[Path], feats_fake: np.
     shape = tuple(fakes.shape[1:])
     train = (train_files_of(real_cache["meta"], what), real_cache["features"])
     return memorisation(fakes, [f.name for f in fake_files], feats_fake, train, test,
-                        lambda p: _load_checked(p, shape), quantile=quantile)
+                        lambda p: load_checked(p, shape), quantile=quantile)
 
 
 def _diversity(fakes: np.ndarray, scales: int, settings: EvaluationSettings) -> dict[str, Any]:
@@ -452,7 +393,7 @@ def _frd_scores(settings: EvaluationSettings, real_cache: dict[str, Any], what: 
     real = real_cache.get("radiomics")
     if real is None or real_cache["meta"].get("radiomics_backend") != backend:
         train = train_files_of(real_cache["meta"], what)
-        real = _radiomics(np.stack([_load_checked(f, shape) for f in train]))
+        real = _radiomics(np.stack([load_checked(f, shape) for f in train]))
     r = frd_from_features(real, _radiomics(fakes))
     return {"frd": r["frd"], "frd_features": r["n_features"], "frd_backend": r["backend"]}
 

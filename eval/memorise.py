@@ -10,6 +10,7 @@ voxel search never holds the whole training set.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -22,12 +23,32 @@ from eval.memorisation import memorisation_report, nearest_neighbours
 from wdm.io import InputError, write_text_atomic
 
 __all__ = ["SPACES", "CSV_COLUMNS", "memorisation", "train_files_of", "write_memorisation_csv",
-           "write_nearest_figure", "protocol_line"]
+           "write_nearest_figure", "protocol_line", "split_note"]
 
 logger = logging.getLogger(__name__)
 
 #: space name -> the distance it is measured in (recorded in memorisation.csv).
 SPACES: dict[str, str] = {"feature": "euclidean", "voxel": "1 - ncc"}
+
+
+def split_note(real_dir: str | os.PathLike | None) -> str | None:
+    """A note when the data set ``real_dir`` belongs to trains on its test cases, else None.
+
+    Reads ``dataset.json`` beside ``real_dir`` (a data set's ``train/`` folder, written by
+    ``wdm-bench prepare``): ``"test_in_train": true`` (``split: upstream``, as the LIDC pipeline of
+    Friedrich et al. 2024 trains on every case) means the reference row compares training volumes
+    with copies of training volumes and the memorisation threshold is calibrated on them.
+    """
+    if not real_dir:
+        return None
+    try:
+        record = json.loads((Path(real_dir).parent / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not record.get("test_in_train"):
+        return None
+    return ("test set in training (split: upstream): the reference row and the memorisation "
+            "check are not held out")
 
 
 def train_files_of(meta: dict[str, Any], what: str) -> list[Path]:

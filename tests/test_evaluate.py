@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,6 +156,7 @@ def test_write_metrics_atomic_json(dirs, tmp_path):
 # ------------------------------------------------------------------ cached real features
 def test_real_stats_cache_is_reused_without_touching_real_volumes(dirs, tmp_path, monkeypatch):
     import eval.evaluate as ev
+    import eval.volumes as volumes
 
     real, fake = dirs
     stats = real_statistics(real, _s())
@@ -175,7 +177,8 @@ def test_real_stats_cache_is_reused_without_touching_real_volumes(dirs, tmp_path
         return orig(model, vols, **kw)
 
     monkeypatch.setattr(ev, "extract_features", counting)
-    monkeypatch.setattr(ev, "_load_checked", _forbid_real(ev._load_checked, real))
+    for mod in (ev, volumes):  # every path that reads a volume
+        monkeypatch.setattr(mod, "load_checked", _forbid_real(mod.load_checked, real))
     for _ in range(2):  # two "models" against the same cache
         res = evaluate(None, fake, _s(), real_stats=cache)
         assert res["fid"] == pytest.approx(direct["fid"], rel=1e-9, abs=1e-9)
@@ -186,7 +189,7 @@ def test_real_stats_cache_is_reused_without_touching_real_volumes(dirs, tmp_path
 
 def _forbid_real(load, real_dir):
     def guarded(path, shape):
-        assert real_dir not in path.parents, f"real volume {path} was read"
+        assert real_dir not in Path(path).parents, f"real volume {path} was read"
         return load(path, shape)
     return guarded
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,13 +198,16 @@ def test_evaluate_reports_frd_with_the_real_side_cached(tmp_path, monkeypatch):
     save_real_stats(cache, stats)
     direct = frd_mod.frd_from_features(stats["radiomics"], frd_mod.radiomics_features(_smooth_volumes(N, 1)))
 
-    load = ev._load_checked
+    import eval.volumes as volumes
+
+    load = volumes.load_checked
 
     def no_real(path, shape):
-        assert real_dir not in path.parents, f"training volume {path} was read"
+        assert real_dir not in Path(path).parents, f"training volume {path} was read"
         return load(path, shape)
 
-    monkeypatch.setattr(ev, "_load_checked", no_real)
+    for mod in (ev, volumes):  # every path that reads a volume
+        monkeypatch.setattr(mod, "load_checked", no_real)
     res = evaluate(None, fake_dir, settings, real_stats=cache)
     assert res["frd"] == pytest.approx(direct["frd"], rel=1e-4)
     assert res["frd_features"] == direct["n_features"] and res["frd_backend"] == direct["backend"]

@@ -98,6 +98,17 @@ def test_evaluate_records_every_new_metric(cell, tmp_path):
     assert res["memorisation_voxel"] is None  # no held-out set given for the reference itself
 
 
+def test_split_upstream_is_noted_on_every_row(cell, tmp_path):
+    """A data set that trains on its test cases (dataset.json ``test_in_train``) marks the note."""
+    assert "split" not in (cell["ref"]["protocol_note"] or "")
+    (tmp_path / "dataset.json").write_text(json.dumps({"split": "upstream", "test_in_train": True}))
+    res = evaluate(None, cell["test"], _s(), real_stats=cell["real"])
+    assert res["protocol_note"] == (f"{SMALL_N_NOTE}; test set in training (split: upstream): the "
+                                    "reference row and the memorisation check are not held out")
+    (tmp_path / "dataset.json").write_text(json.dumps({"split": "holdout", "test_in_train": False}))
+    assert evaluate(None, cell["test"], _s(), real_stats=cell["real"])["protocol_note"] == SMALL_N_NOTE
+
+
 def test_protocol_guard_refuses_a_medicalnet_number_on_few_volumes(cell, monkeypatch):
     with pytest.raises(InputError, match=r"n_fake=8 < 1000.*--allow-small-n"):
         protocol_note("wdm", 10, 8, False, protocol_extractor=True)
