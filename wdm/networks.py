@@ -39,13 +39,11 @@ Findings from the upstream code that fix choices the paper leaves open:
 * Hyper-parameters: base 64, 2 residual blocks per level, GroupNorm(32) computed in float32,
   SiLU, dropout 0, channel multipliers (1, 2, 2, 4, 4) at 128^3 and (1, 2, 2, 4, 4, 4) at 256^3.
 
-Module names mirror upstream (``time_embed.0``, ``input_blocks.N.0.in_layers.2``,
-``middle_block.1.out_layers.3``, ``output_blocks.N.1`` for the up-sampling block, ``out.2``), so
-the authors' released ``state_dict`` keys load without renaming.
+Module names mirror upstream (``time_embed.0``, ``input_blocks.N.0.in_layers.2``, ``out.2``,
+``output_blocks.N.1`` for up-sampling), so the released ``state_dict`` keys load without renaming.
 
-The paper's "WavU-Net" variant (down/up-sampling by DWT/IDWT) is :class:`wdm.wavunet.WavUNet`;
-both share the :class:`DenoisingUNet` contract and are built by :func:`build_network`, which picks
-the class from the preset's ``arch`` (``unet`` when absent, ``wavunet``).
+The paper's "WavU-Net" (resampling by DWT/IDWT) is :class:`wdm.wavunet.WavUNet`; both share the
+:class:`DenoisingUNet` contract, and :func:`build_network` picks the class by the preset's ``arch``.
 """
 
 from __future__ import annotations
@@ -74,8 +72,7 @@ logger = logging.getLogger(__name__)
 NETWORK_PRESETS: dict[str, dict[str, Any]] = {
     "wdm-128": {"base_channels": 64, "channel_mult": (1, 2, 2, 4, 4), "num_res_blocks": 2},
     "wdm-256": {"base_channels": 64, "channel_mult": (1, 2, 2, 4, 4, 4), "num_res_blocks": 2},
-    # For diffusion.levels 2 at 512^3: 64 packet channels (from the model) on the 128^3 grid that
-    # wdm-256 sees at 256^3, so the same depth and widths; only the in/out convs are wider.
+    # diffusion.levels 2 at 512^3: wdm-256's 128^3 grid, depth and widths; 64 in/out channels.
     "wdm-512": {"base_channels": 64, "channel_mult": (1, 2, 2, 4, 4, 4), "num_res_blocks": 2},
     "wdm-128-wavunet": {"arch": "wavunet", "base_channels": 64, "channel_mult": (1, 2, 2, 4, 4),
                         "num_res_blocks": 2},
@@ -83,10 +80,8 @@ NETWORK_PRESETS: dict[str, dict[str, Any]] = {
                         "num_res_blocks": 2},
     "tiny-wavunet": {"arch": "wavunet", "base_channels": 16, "channel_mult": (1, 2),
                      "num_res_blocks": 2, "num_groups": 8},
-    # The embedded default's size as a WavU-Net (``xs``'s base 16, (1, 2, 2), GroupNorm 8). Two
-    # residual blocks per level, as the WavU-Net needs with unequal widths (its decoder applies
-    # each level's last block twice); it down-samples at every level, so sides must be multiples
-    # of 8 (32^3 x 8 coefficients of a 64^3 volume -> 4^3). See config/depth/wdm_wavunet_64.yaml.
+    # ``xs`` as a WavU-Net, with 2 residual blocks a level (its decoder applies each level's last
+    # block twice); sides multiples of 8 (config/depth/wdm_wavunet_64.yaml: 32^3 -> 4^3).
     "xs-wavunet": {"arch": "wavunet", "base_channels": 16, "channel_mult": (1, 2, 2),
                    "num_res_blocks": 2, "num_groups": 8},
     "small": {"base_channels": 32, "channel_mult": (1, 2, 2), "num_res_blocks": 1},

@@ -38,21 +38,9 @@ from wdm.io import (
     write_text_atomic,
 )
 
-__all__ = [
-    "DATASETS",
-    "EXCLUDED",
-    "MANIFEST",
-    "SOURCE_COLUMNS",
-    "build_real_dataset",
-    "split_key",
-    "MANIFEST_COLUMNS",
-    "prepare",
-    "check_out_folder",
-    "read_manifest",
-    "verify_manifest",
-    "split_files",
-    "SPLITS",
-]
+__all__ = ["DATASETS", "EXCLUDED", "MANIFEST", "SOURCE_COLUMNS", "build_real_dataset", "split_key",
+           "MANIFEST_COLUMNS", "prepare", "check_out_folder", "read_manifest", "verify_manifest",
+           "split_files", "SPLITS"]
 
 log = logging.getLogger(__name__)
 
