@@ -248,9 +248,10 @@ def main_levels(a: argparse.Namespace) -> list[dict[str, Any]]:
         rows = run_levels(a)
     print_levels(rows)
     out = Path(a.plot_from or write_rows(rows, a.out))
-    png = (BENCH_DIR / "memory_vs_resolution_levels.png" if out == BENCH_DIR / "memory_levels.csv"
-           else out.with_suffix(".png"))
-    levels_figure(rows, png, a.memory_limit_gb)
+    png = (BENCH_DIR / "memory_vs_resolution_levels.png"
+           if out.resolve() == (BENCH_DIR / "memory_levels.csv").resolve() else out.with_suffix(".png"))
+    caps = {float(r["memory_limit_gb"]) for r in rows if r.get("memory_limit_gb")}
+    levels_figure(rows, png, max(caps) if caps else a.memory_limit_gb)  # the cap they ran under
     return rows
 
 

@@ -77,15 +77,18 @@ def levels_figure(rows: Sequence[dict[str, Any]], out: str | os.PathLike,
                   memory_limit_gib: float | None = None) -> Path:
     """Peak memory (process peak RSS, GB) against resolution, one colour per model and level,
     training solid and sampling dashed; checkpointed points hollow, an OOM a red cross at its
-    counted need (``count_gb``, else at the cap); the paper's sampling values as stars; lines at
-    40 GB, 80 GB and the cap. Written atomically with the project's Agg backend."""
+    counted need (``count_gb``, else at the cap); the paper's sampling values as stars in the
+    colour of their series, with the value; lines at 40 GB, 80 GB and the cap; the legend beside
+    the axes so that it hides no point. Written atomically with the project's Agg backend."""
+    from matplotlib.ticker import NullFormatter
+
     from eval.plotting import pyplot, save_png
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     cap = memory_limit_gib * 2**30 / 1e9 if memory_limit_gib else None
-    series = list(dict.fromkeys(_series(r["label"]) for r in rows))
-    for i, name in enumerate(series):
+    colours = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(_series(r["label"]) for r in rows))}
+    for name, colour in colours.items():
         for mode, style in (("train", "-"), ("sample", "--")):
             pts = sorted((int(r["resolution"]), float(r["peak_memory_gb"]), bool(r["checkpointing"]))
                          for r in rows if _series(r["label"]) == name and r["mode"] == mode
@@ -93,10 +96,10 @@ def levels_figure(rows: Sequence[dict[str, Any]], out: str | os.PathLike,
             if not pts:
                 continue
             xs, ys, ck = zip(*pts, strict=True)
-            ax.plot(xs, ys, style, color=f"C{i}", label=f"{name} {mode}")
+            ax.plot(xs, ys, style, color=colour, label=f"{name} {mode}")
             for x, y, c in pts:
-                ax.plot(x, y, "o", color=f"C{i}", mfc="white" if c else f"C{i}")
-    _levels_marks(ax, rows, cap)
+                ax.plot(x, y, "o", color=colour, mfc="white" if c else colour)
+    _levels_marks(ax, rows, cap, colours)
     for gb in GPU_LINES_GB:
         ax.axhline(gb, color="grey", linestyle=":", linewidth=1)
         ax.annotate(f"{gb:g} GB GPU", (0.01, gb), xycoords=("axes fraction", "data"), fontsize=7,
@@ -108,19 +111,25 @@ def levels_figure(rows: Sequence[dict[str, Any]], out: str | os.PathLike,
     ax.set_yscale("log")
     ax.set_xticks(res, [f"{r}³" for r in res])
     ax.set_xlim(res[0] / 1.3, res[-1] * 1.3)
+    ticks = [t for t in (0.5, 1, 2, 4, 6, 10, 20, 40, 80) if t <= 1.5 * max(GPU_LINES_GB)]
+    ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("volume side R (R³ voxels)")
     ax.set_ylabel("peak memory (GB, process peak RSS on CPU)")
     ax.set_title("Training step (solid) and sampling step (dashed), batch 1; hollow: checkpointing",
                  fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return save_png(fig, out, dpi=120)
 
 
-def _levels_marks(ax: Any, rows: Sequence[dict[str, Any]], cap: float | None) -> None:
-    """OOM crosses (at the counted need, else the cap) and the paper's sampling values (stars)."""
+def _levels_marks(ax: Any, rows: Sequence[dict[str, Any]], cap: float | None,
+                  colours: dict[str, str]) -> None:
+    """OOM crosses (at the counted need, else the cap) and the paper's sampling values (stars in
+    the series' colour, black edge, the value beside them)."""
     first_oom = first_paper = True
+    stars: dict[int, int] = {}  # stars drawn so far at each resolution: labels alternate sides
     for r in rows:
         if r["status"] == "oom":
             y = r.get("count_gb") or cap or 1.0
@@ -130,6 +139,11 @@ def _levels_marks(ax: Any, rows: Sequence[dict[str, Any]], cap: float | None) ->
                         color="red", xytext=(5, 3), textcoords="offset points")
             first_oom = False
         if r.get("paper_gb"):
-            ax.plot(int(r["resolution"]), float(r["paper_gb"]), "*", color="k", markersize=9,
+            x, y = int(r["resolution"]), float(r["paper_gb"])
+            ax.plot(x, y, "*", color=colours.get(_series(r["label"]), "k"), mec="k", markersize=11,
                     label="paper, sampling (cuda max allocated)" if first_paper else None)
+            right = stars.get(x, 0) % 2
+            stars[x] = stars.get(x, 0) + 1
+            ax.annotate(f"{y:g}", (x, y), fontsize=7, xytext=(8 if right else -8, 0),
+                        textcoords="offset points", ha="left" if right else "right", va="center")
             first_paper = False
