@@ -30,7 +30,8 @@ LAYERS: dict[str, str] = {
     "wdm.model": "methods", "baselines": "methods",
     # harness: runs models (training, sampling, scale-out, probes, weight conversion)
     "wdm.train": "harness", "wdm.loop": "harness", "wdm.sample": "harness",
-    "wdm.distributed": "harness", "wdm.probe": "harness", "wdm.activation_memory": "harness",
+    "wdm.distributed": "harness", "wdm.probe": "harness", "wdm.probe_counts": "harness",
+    "wdm.activation_memory": "harness",
     "wdm.convert": "harness", "wdm.runs": "harness", "wdm.budget": "harness", "wdm.extractor": "harness",
     "wdm.ema": "harness",
     # evaluation: reads volumes and records, never runs a model
