@@ -17,7 +17,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BENCH_DIR, REPO, peak_gb_suffix, print_rows, write_rows  # noqa: E402
+from bench.common import BENCH_DIR, REPO, peak_gb_suffix, print_rows, read_rows, write_rows  # noqa: E402
 from wdm.probe import probe_isolated  # noqa: E402
 
 log = logging.getLogger("bench.train_step")
@@ -241,9 +241,7 @@ def main_levels(a: argparse.Namespace) -> list[dict[str, Any]]:
     from bench.memory import levels_figure
 
     if a.plot_from:
-        import pandas as pd
-
-        rows = pd.read_csv(a.plot_from).astype(object).where(lambda d: d.notna(), None).to_dict("records")
+        rows = read_rows(a.plot_from)
     else:
         rows = run_levels(a)
     print_levels(rows)

@@ -66,6 +66,7 @@ from bench.common import (  # noqa: E402
     REPO,
     peak_gb_suffix,
     print_rows,
+    read_rows,
     setup_logging,
     write_rows,
 )
@@ -280,9 +281,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if a.suite == "levels":
         return main_levels(a)
     if a.plot_from:  # redraw the figure of an earlier run without measuring again
-        import pandas as pd
-
-        rows = pd.read_csv(a.plot_from).astype(object).where(lambda d: d.notna(), None).to_dict("records")
+        rows = read_rows(a.plot_from)
     else:
         rows = run(a)
     print_rows(rows, COLUMNS)

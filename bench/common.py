@@ -81,6 +81,13 @@ def write_rows(rows: list[dict[str, Any]], name_or_path: str | os.PathLike) -> P
     return out
 
 
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a CSV written by :func:`write_rows`, empty cells as None (``--plot-from``)."""
+    import pandas as pd
+
+    return pd.read_csv(path).astype(object).where(lambda d: d.notna(), None).to_dict("records")
+
+
 def print_rows(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
     """The rows as an aligned text table (printed to stdout and returned)."""
     import pandas as pd

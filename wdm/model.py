@@ -251,7 +251,7 @@ class DiffusionModel(BenchmarkModel):
     wavelet_levels: bool = False
 
     def __init__(self, cfg: dict, volume_shape: Sequence[int], state_shape: Sequence[int]) -> None:
-        levels = cfg["diffusion"].get("levels", 1)
+        levels = cfg["diffusion"]["levels"]
         if levels != 1 and not self.wavelet_levels:
             raise InputError(f"diffusion.levels: {levels} is for model wdm (its wavelet levels); model "
                              f"{cfg.get('model')!r} has no wavelet transform, set it to 1")
