@@ -206,12 +206,7 @@ def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike,
     ``FAKE/sample_profile.json`` says ``"oom"``, :data:`MEASURED_KEYS` null with ``"status":
     "oom"``, ``"error"`` and ``"failed_stage"``, and nothing read or extracted.
     """
-    if real_dir is None and real_stats is None:
-        raise InputError("give real_dir or real_stats")
-    _check_protocol(settings.protocol)
-    if settings.n_bootstrap == 1:  # before any work: a percentile interval needs 2 resamples
-        raise InputError("evaluation n_bootstrap is 1 (--n-bootstrap or the settings file), expected "
-                         "0 (no intervals) or an integer >= 2")
+    _check_request(real_dir, real_stats, settings)
     oom = _oom_result(real_dir, fake_dir, settings, real_stats)
     if oom is not None:
         return oom
@@ -221,11 +216,7 @@ def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike,
     scales = _ms_ssim_scales(fake_dir, shape, settings.kernel_size)
     real_cache = _real_features(real_dir, real_stats, settings, ext, shape, device)
     feats_real, real_meta = real_cache["features"], real_cache["meta"]
-    note = protocol_note(settings.protocol, len(feats_real), len(fake_files), settings.allow_small_n,
-                         protocol_extractor=ext.is_protocol_extractor, where=str(fake_dir))
-    if split := split_note(real_meta.get("real_dir")):
-        logger.warning("%s: %s", fake_dir, split)
-        note = f"{note}; {split}" if note else split
+    note = _row_note(settings, len(feats_real), len(fake_files), ext, fake_dir, real_meta.get("real_dir"))
     test = _test_set(test_features, ext, shape)
     feats_fake = ext.features(fakes, settings.batch_size, device)
     if features_out is not None:
@@ -244,6 +235,30 @@ def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike,
     return _result(scores, ext, real_meta, len(fake_files), shape, note,
                    _provenance(settings, real_stats, fake_dir, _sample_profile_field(fake_dir, "seed"),
                                real_dir=real_meta.get("real_dir")))
+
+
+def _check_request(real_dir: str | os.PathLike | None, real_stats: str | os.PathLike | None,
+                   settings: EvaluationSettings) -> None:
+    """Refuse, before any work, an evaluation that names no real set, an unknown protocol or a
+    one-resample bootstrap (a percentile interval needs 2)."""
+    if real_dir is None and real_stats is None:
+        raise InputError("give real_dir or real_stats")
+    _check_protocol(settings.protocol)
+    if settings.n_bootstrap == 1:
+        raise InputError("evaluation n_bootstrap is 1 (--n-bootstrap or the settings file), expected "
+                         "0 (no intervals) or an integer >= 2")
+
+
+def _row_note(settings: EvaluationSettings, n_real: int, n_fake: int, ext: _Extractor,
+              fake_dir: str | os.PathLike, real_dir: str | None) -> str | None:
+    """``protocol_note`` of a row: :func:`eval.scores.protocol_note`, then
+    :func:`eval.memorise.split_note` of the data set the real features come from (logged)."""
+    note = protocol_note(settings.protocol, n_real, n_fake, settings.allow_small_n,
+                         protocol_extractor=ext.is_protocol_extractor, where=str(fake_dir))
+    if split := split_note(real_dir):
+        logger.warning("%s: %s", fake_dir, split)
+        note = f"{note}; {split}" if note else split
+    return note
 
 
 def _check_protocol(protocol: str) -> None:
