@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from eval.memorisation import memorisation_report, nearest_neighbours
+from wdm.data.prepare import DATASET_RECORD
 from wdm.io import InputError, write_text_atomic
 
 __all__ = ["SPACES", "CSV_COLUMNS", "memorisation", "train_files_of", "write_memorisation_csv",
@@ -42,7 +43,7 @@ def split_note(real_dir: str | os.PathLike | None) -> str | None:
     if not real_dir:
         return None
     try:
-        record = json.loads((Path(real_dir).parent / "dataset.json").read_text())
+        record = json.loads((Path(real_dir).parent / DATASET_RECORD).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or not record.get("test_in_train"):

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from wdm.data.prepare import DATASET_RECORD
 from wdm.io import (
     InputError,
     code_version,
@@ -485,7 +486,7 @@ def make_phantom_dataset(out: str | os.PathLike, *, size: int = 32, n_train: int
         rows = _write_phantoms(tmp, size, n_train, n_test, seed, lesion_prob, templates)
         write_text_atomic(tmp / "manifest.csv", "file,split,shape,sha256\n"
                           + "".join(",".join(r) + "\n" for r in rows))
-        write_json_atomic(tmp / "dataset.json", _phantom_record(
+        write_json_atomic(tmp / DATASET_RECORD, _phantom_record(
             size, n_train, n_test, seed, lesion_prob, templates["extent_mm"], sources))
         _swap_into_place(tmp, out, overwrite)
     except BaseException:

@@ -38,14 +38,16 @@ from wdm.io import (
     write_text_atomic,
 )
 
-__all__ = ["DATASETS", "EXCLUDED", "MANIFEST", "SOURCE_COLUMNS", "build_real_dataset", "split_key",
-           "MANIFEST_COLUMNS", "prepare", "check_out_folder", "read_manifest", "verify_manifest",
-           "split_files", "SPLITS"]
+__all__ = ["DATASETS", "DATASET_RECORD", "EXCLUDED", "MANIFEST", "SOURCE_COLUMNS", "build_real_dataset",
+           "split_key", "MANIFEST_COLUMNS", "prepare", "check_out_folder", "read_manifest",
+           "verify_manifest", "split_files", "SPLITS"]
 
 log = logging.getLogger(__name__)
 
 DATASETS: tuple[str, ...] = ("phantom-brain", "brats", "lidc")
 MANIFEST = "manifest.csv"
+#: The parameters and provenance record of a prepared folder (``"test_in_train"`` among them).
+DATASET_RECORD = "dataset.json"
 MANIFEST_COLUMNS: tuple[str, ...] = ("file", "split", "shape", "sha256")
 #: Extra manifest columns of real data sets, after :data:`MANIFEST_COLUMNS`.
 SOURCE_COLUMNS: tuple[str, ...] = ("case", "source", "source_sha256")
@@ -150,7 +152,7 @@ def check_out_folder(out: Path, *, source: str | os.PathLike | None = None,
             raise InputError(f"{out}: --out and --source {source} overlap, expected a data folder "
                              "outside the raw data (and the raw data outside it)")
     if overwrite is not None and out.is_dir() and any(out.iterdir()):
-        is_data = (out / "dataset.json").is_file() or (out / MANIFEST).is_file()
+        is_data = (out / DATASET_RECORD).is_file() or (out / MANIFEST).is_file()
         if not overwrite:
             raise InputError(f"{out}: folder exists and is not empty, expected a new or empty folder"
                              f"{' (pass --overwrite to replace this data set)' if is_data else ''}")
@@ -410,7 +412,7 @@ def build_real_dataset(dataset: str, out: str | os.PathLike, cases: list[tuple[s
         _write_csv(tmp / MANIFEST, MANIFEST_COLUMNS + SOURCE_COLUMNS, rows)
         _write_csv(tmp / EXCLUDED, ("case", "source", "reason"),
                    [[r["case"], _rel(r["path"], source), r["excluded"]] for r in excluded])
-        write_json_atomic(tmp / "dataset.json", _real_dataset_record(
+        write_json_atomic(tmp / DATASET_RECORD, _real_dataset_record(
             dataset, source, len(cases), kept, excluded, train, test, unused, size=size, cube=cube,
             seed=seed, strict=strict, params=params, split=split))
         _swap_into_place(tmp, out, overwrite)
