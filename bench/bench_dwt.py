@@ -3,8 +3,9 @@
 One level (WDM, Friedrich et al. 2024) and, with ``--levels``, the J-level packet transform.
 Variants, all timed in this one process on the same input:
 
-* ``ours``: ``wdm.wavelets.idwt3d(wdm.wavelets.dwt3d(x))`` (gather of the 2x2x2 blocks into cache-sized
-  chunks + one 8x8 Hadamard GEMM per chunk; see the module docstring there);
+* ``ours``: ``wdm.wavelets.idwt3d(wdm.wavelets.dwt3d(x))`` (on the CPU the fused Numba kernels of
+  ``wdm.haar_cpu``: one pass per direction, Walsh-Hadamard butterflies on a cache-resident
+  band-major scratch, block rows split over the torch threads; see ``wdm.wavelets``);
 * ``dense``: the upstream WDM approach (Friedrich et al. 2024, arXiv 2402.19043; its ``DWT_3D`` /
   ``IDWT_3D`` layers), written here from its description: on every call build the N/2 x N low-pass
   and high-pass analysis matrices of each axis and apply them by chained matrix products along
@@ -17,9 +18,9 @@ Variants, all timed in this one process on the same input:
   At 256³ a fresh 64 MiB tensor costs the kernel's first touch of its pages (~0.02 s on the 2-core
   machine, most of a clone); this row separates that from the memory traffic itself;
 * for each J in ``--levels`` above 1 (sizes divisible by 2^J): ``ours_lJ``, the fused (2^J)³ block
-  transform ``idwt3d(dwt3d(x, J), J)`` (8^J sub-lattices gathered per cache-sized chunk, then J
-  8x8 mixes, one per Kronecker factor), and ``chained_lJ``, the baseline of J one-level passes
-  (``dwt3d`` on every band of the previous level, then J ``idwt3d``). Their
+  transform ``idwt3d(dwt3d(x, J), J)`` (the same kernels, 8^J bands per block), and
+  ``chained_lJ``, the baseline of J one-level passes (``dwt3d`` on every band of the previous
+  level, then J ``idwt3d``). Their
   ``bands_max_diff_vs_ours`` is against ``ours_lJ``'s bands; ``ratio_vs_dense`` is still against
   the one-level dense row.
 
@@ -35,8 +36,9 @@ is one level only).
 
 Cost: dense ~0.55 s and pywt ~0.75 s per call at 256³ on a quiet 2-core machine (2 threads), so the
 default run takes about 15 s. On an oversubscribed machine (load ≫ threads) every 2-thread torch op
-can stall for milliseconds, so variants made of many small ops (ours: two per 1 MiB chunk) suffer
-far more than one-op ones (``copy``): benchmark alone, or with ``--threads 1``.
+can stall for milliseconds: benchmark alone, or with ``--threads 1``. The first call of ``ours``
+compiles the Numba kernels (a few seconds, once per machine: Numba caches them on disk); the
+warm-up call keeps that out of the timings.
 
 Run:  python bench/bench_dwt.py [--sizes 64 128 256] [--levels 1 2] [--repeats 3] [--threads 2]
                                 [--out PATH]

@@ -22,7 +22,8 @@ LAYERS: dict[str, str] = {
     "wdm.io": "core", "wdm.config": "core", "wdm.oom": "core", "wdm.profiling": "core",
     "wdm.checkpoints": "core", "wdm.records": "core", "wdm.locks": "core",
     # building blocks: pure transforms, networks, processes, metrics, data preparation
-    "wdm.wavelets": "blocks", "wdm.codec": "blocks", "wdm.networks": "blocks", "wdm.wavunet": "blocks",
+    "wdm.wavelets": "blocks", "wdm.haar_cpu": "blocks", "wdm.codec": "blocks", "wdm.networks": "blocks",
+    "wdm.wavunet": "blocks",
     "wdm.diffusion": "blocks", "wdm.samplers": "blocks", "wdm.data": "blocks",
     "eval.features": "blocks", "eval.metrics": "blocks", "eval.fidelity": "blocks",
     "eval.memorisation": "blocks", "eval.significance": "blocks",

@@ -156,6 +156,8 @@ def test_real_cpu_oom_under_an_address_space_limit(phantom16, tmp_path):
         import torch
         from wdm.cli import main
         import wdm.train, wdm.networks, wdm.model  # imported before the cap
+        from wdm.wavelets import dwt3d
+        dwt3d(torch.zeros(1, 1, 64, 64, 64))  # and the Numba DWT kernels (LLVM) loaded
         vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1])
         resource.setrlimit(resource.RLIMIT_AS, (vm * 1024 + 300 * 2**20, resource.RLIM_INFINITY))
         sys.exit(main(["train", "--config", {str(tmp_path / "big.yaml")!r}, "--data",

@@ -102,13 +102,14 @@ def test_inverse_is_exact_float32(levels, shape):
     assert (idwt3d(c, levels) - x).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("chunk_bytes", [100_000, 20_000, 2_000, 300])
+@pytest.mark.parametrize("scratch_bytes", [1 << 20, 2_000, 300])
 @pytest.mark.parametrize("levels", [2, 3])
-def test_chunked_cpu_path_matches_the_reference(monkeypatch, levels, chunk_bytes):
-    # 32 KiB volumes (float64, 16x8x32): grouped volumes, block rows, row pieces, one block column.
-    from wdm import wavelets
+def test_fused_cpu_kernel_matches_the_reference(monkeypatch, levels, scratch_bytes):
+    # 32 KiB volumes (float64, 16x8x32); small scratches force runs of block columns, one column.
+    from wdm import haar_cpu, wavelets
 
-    monkeypatch.setattr(wavelets, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(wavelets, "KERNEL_BYTES", 0)
+    monkeypatch.setattr(haar_cpu, "SCRATCH_BYTES", scratch_bytes)
     x = torch.randn(3, 2, 16, 8, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     c = dwt3d(x, levels)
     torch.testing.assert_close(c, blockwise_reference(x, levels), atol=1e-12, rtol=0)
@@ -257,7 +258,7 @@ def test_whole_tensor_path_matches(monkeypatch, levels):
     # The path taken off the CPU (one gather and J batched GEMMs), forced here on the CPU.
     from wdm import wavelets
 
-    monkeypatch.setattr(wavelets, "_one_shot", lambda t: True)
+    monkeypatch.setattr(wavelets, "_fused_kernel", lambda t: None)
     x = torch.randn(2, 2, 16, 8, 32, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     c = dwt3d(x, levels)
     torch.testing.assert_close(c, blockwise_reference(x, levels), atol=1e-12, rtol=0)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -89,30 +91,57 @@ def test_codec_lll_scale_and_clipping():
     assert codec.LLL_SCALE == 3.0
 
 
-@pytest.mark.parametrize("chunk_bytes", [10_000, 2_500, 1_000, 200])
-def test_chunked_cpu_path_matches_single_shot(monkeypatch, chunk_bytes):
-    # Volumes of 4608 bytes (float64, 8x12x6): chunk sizes force grouped volumes (10 000), block
-    # rows (2 500), block-column pieces of one row (1 000) and one block column per step (200).
-    from wdm import wavelets
+@pytest.mark.parametrize("threads", [1, 2, 5])
+@pytest.mark.parametrize("scratch_bytes", [1 << 20, 200])
+def test_fused_cpu_kernel_matches_the_whole_tensor_path(monkeypatch, threads, scratch_bytes):
+    # float64 (3, 2, 8, 12, 6): six volumes of 4x6x3 blocks; a 200-byte scratch forces one block
+    # column per step, 5 threads more workers than some volumes have block rows.
+    from wdm import haar_cpu, wavelets
 
     x = torch.randn(3, 2, 8, 12, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    ref = dwt3d(x)  # whole tensor (27.6 KB) is below the default chunk: the single-shot path
-    monkeypatch.setattr(wavelets, "CHUNK_BYTES", chunk_bytes)
-    assert len(wavelets._plan(6, 4, 6, 3, 8)) > 1
-    c = dwt3d(x)
+    assert wavelets._fused_kernel(x) is None  # 27.6 KB: below KERNEL_BYTES, the whole-tensor path
+    ref = dwt3d(x)
+    monkeypatch.setattr(wavelets, "KERNEL_BYTES", 0)
+    monkeypatch.setattr(haar_cpu, "SCRATCH_BYTES", scratch_bytes)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert wavelets._fused_kernel(x) is haar_cpu
+        c = dwt3d(x)
+        back = idwt3d(c)
+    finally:
+        torch.set_num_threads(before)
     assert c.shape == ref.shape and c.is_contiguous()
     assert (c - ref).abs().max().item() < 1e-12
-    assert (idwt3d(c) - x).abs().max().item() < 1e-12
-    assert (idwt3d(ref) - wavelets._idwt_impl(ref)).abs().max().item() == 0.0
+    assert (back - x).abs().max().item() < 1e-12
 
 
-@pytest.mark.parametrize("chunk_bytes", [None, 600, 200, 100])
-def test_gradients_are_the_adjoint_and_twice_differentiable(monkeypatch, chunk_bytes):
+def test_fused_kernel_is_the_default_for_large_cpu_floats(monkeypatch, caplog):
+    from wdm import haar_cpu, wavelets
+
+    big = torch.zeros(1, 1, 64, 64, 64)  # 1 MiB float32
+    assert wavelets._fused_kernel(big) is haar_cpu
+    assert wavelets._fused_kernel(big.half()) is None and wavelets._fused_kernel(big[..., :32]) is None
+    # Without Numba the whole-tensor path takes over, with one warning.
+    monkeypatch.setitem(sys.modules, "wdm.haar_cpu", None)
+    wavelets._cpu_kernels.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="wdm.wavelets"):
+            assert wavelets._fused_kernel(big) is None
+        assert "numba not importable" in caplog.text
+        x = torch.randn(1, 1, 64, 64, 64, generator=torch.Generator().manual_seed(1))
+        without = dwt3d(x)
+    finally:
+        wavelets._cpu_kernels.cache_clear()
+    assert (dwt3d(x) - without).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("kernel", [False, True])
+def test_gradients_are_the_adjoint_and_twice_differentiable(monkeypatch, kernel):
     from wdm import wavelets
 
-    if chunk_bytes is not None:
-        monkeypatch.setattr(wavelets, "CHUNK_BYTES", chunk_bytes)
-    # 256-byte volumes: None = single shot; 600 = two volumes per step; 200 = block rows; 100 = pieces.
+    if kernel:
+        monkeypatch.setattr(wavelets, "KERNEL_BYTES", 0)
     x = torch.randn(3, 1, 4, 2, 4, dtype=torch.float64, requires_grad=True)
     c = torch.randn(3, 8, 2, 1, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(dwt3d, (x,))

@@ -84,8 +84,13 @@ def median_seconds(times: list[float], skip: int = 0) -> float | None:
 
 
 def device_description(device: torch.device | str) -> str:
-    """A short human description: GPU name, or CPU model and thread count."""
+    """A short human description: GPU name, or CPU architecture and thread count.
+
+    ``platform.machine()`` (``os.uname``), not ``platform.processor()``, which on Linux runs
+    ``uname -p`` in a subprocess: this is also called after an out-of-memory error, when a fork
+    can fail.
+    """
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
