@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from tests.conftest import TINY_RUN
-from wdm.checkpoints import best_checkpoint, latest_checkpoint, load_checkpoint
+from wdm.checkpoints import best_checkpoint, latest_checkpoint, load_checkpoint, save_torch_atomic
 from wdm.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +38,18 @@ def test_rotation_keeps_last_k_and_best(phantom16, tmp_path):
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "wdm.cli", *args]
+
+
+def test_identical_saves_are_identical_bytes(tmp_path):
+    # torch.save given a path names the archive after it: the random temporary name of the atomic
+    # write would make every save of the same state differ (and so its sha256 in the records).
+    state = {"w": torch.arange(6.0).reshape(2, 3), "meta": {"step": 3}}
+    paths = [tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt", tmp_path / "c.pt"]
+    for p in paths:
+        save_torch_atomic(state, p)
+    assert len({p.read_bytes() for p in paths}) == 1
+    assert torch.equal(torch.load(paths[2], weights_only=True)["w"], state["w"])
+    assert not [f for p in paths for f in p.parent.iterdir() if f.name.startswith(".")]
 
 
 def test_sigkill_then_resume_is_bit_identical(phantom16, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -55,6 +56,17 @@ def best_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return checkpoint_path(run_dir, load_checkpoint(last)["best"]["step"])
 
 
+def save_torch_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` atomically, byte-reproducibly.
+
+    Through an open file, not the temporary path: given a path, ``torch.save`` names the archive's
+    root folder after the file's stem, here the random temporary name, so two identical saves
+    differed in their bytes and their sha256.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
 def save_checkpoint(run_dir: str | os.PathLike, state: dict, keep_last: int) -> Path:
     """Write ``step_NNNNNNN.pt`` atomically; keep the last ``keep_last`` and the best one.
 
@@ -63,8 +75,7 @@ def save_checkpoint(run_dir: str | os.PathLike, state: dict, keep_last: int) -> 
     """
     path = checkpoint_path(run_dir, state["step"])
     try:
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        save_torch_atomic(state, path)
     except (OSError, RuntimeError) as exc:  # torch reports a failed write as a RuntimeError
         if isinstance(exc, RuntimeError) and "write" not in str(exc).lower():
             raise

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from wdm.checkpoints import CHECKPOINT_GLOB, checkpoint_path
+from wdm.checkpoints import CHECKPOINT_GLOB, checkpoint_path, save_torch_atomic
 from wdm.config import config_hash, dump_yaml, load_run_config, resolve_run_config
-from wdm.io import InputError, atomic_path, code_version, sha256_file, write_json_atomic, write_text_atomic
+from wdm.io import InputError, code_version, sha256_file, write_json_atomic, write_text_atomic
 from wdm.networks import build_network
 from wdm.records import TRAIN, make_record
 
@@ -179,8 +179,7 @@ def _provenance(src: Path) -> dict[str, Any]:
 def _write_checkpoint(ckpt_dir: Path, state: dict, overwrite: bool) -> Path:
     """``step_NNNNNNN.pt`` atomically; with ``overwrite`` the folder's other checkpoints go."""
     path = checkpoint_path(ckpt_dir.parent, state["step"])
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch_atomic(state, path)
     if overwrite:
         for old in ckpt_dir.glob(CHECKPOINT_GLOB):
             if old != path:

@@ -39,8 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from eval.features import PHANTOM_SEG, PHANTOM_SEG_LABEL, MedicalNetResNet, medicalnet_resnet
+from wdm.checkpoints import save_torch_atomic
 from wdm.data.phantom import LABEL_CLASSES, load_mni_templates, make_phantom_labelled
-from wdm.io import InputError, atomic_path, code_version, sha256_file, write_json_atomic
+from wdm.io import InputError, code_version, sha256_file, write_json_atomic
 
 __all__ = ["DEFAULTS", "PhantomSegNet", "build_model", "phantom_label_set", "segmentation_scores",
            "train_extractor", "record_path"]
@@ -217,9 +218,8 @@ def train_extractor(out: str | os.PathLike, *, seed: int = DEFAULTS["seed"], siz
             "label": PHANTOM_SEG_LABEL, "feature_dim": model.encoder.num_features,
             "input_range": [0.0, 1.0], "threads": torch.get_num_threads(), "metrics": metrics}
     out = Path(out)
-    with atomic_path(out) as tmp:
-        torch.save({"state_dict": model.encoder.state_dict(), "head": model.head.state_dict(),
-                    "meta": meta}, tmp)
+    save_torch_atomic({"state_dict": model.encoder.state_dict(), "head": model.head.state_dict(),
+                       "meta": meta}, out)
     record = {**meta, "checkpoint": out.name, "sha256": sha256_file(out),
               "seconds": {"data": t_data, "train": t_train, "total": time.perf_counter() - t0},
               "torch": torch.__version__, "code_version": code_version()}
