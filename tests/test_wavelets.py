@@ -136,6 +136,22 @@ def test_fused_kernel_is_the_default_for_large_cpu_floats(monkeypatch, caplog):
     assert (dwt3d(x) - without).abs().max().item() < 1e-5
 
 
+def test_an_error_in_a_kernel_thread_is_raised_in_the_caller():
+    from wdm import haar_cpu
+
+    seen = []
+
+    def kernel(vol, coef, levels, p0, p1, run, analysis):
+        seen.append((p0, p1))
+        if p0 > 0:
+            raise IndexError(f"rows {p0}..{p1}")
+
+    vol, coef = np.zeros((1, 8, 4, 4), np.float32), np.zeros((1, 8, 4, 2, 2), np.float32)
+    with pytest.raises(IndexError, match="rows 2..4"):
+        haar_cpu._split(kernel, vol, coef, 1, True, threads=2)
+    assert sorted(seen) == [(0, 2), (2, 4)]
+
+
 @pytest.mark.parametrize("kernel", [False, True])
 def test_gradients_are_the_adjoint_and_twice_differentiable(monkeypatch, kernel):
     from wdm import wavelets

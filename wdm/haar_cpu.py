@@ -13,7 +13,8 @@ One pass per direction: for every block row (volume v, block depth index i) and 
 columns j, the kernel gathers the voxels into a band-major scratch ``T (8^J, run * w)`` (cache
 resident), runs the log2(8^J) butterfly stages on its rows (contiguous, vectorised) and writes each
 row to its channel, so the volume and the coefficients are each read or written exactly once. The
-block rows are split over ``torch.get_num_threads()`` threads (the kernels release the GIL), which
+block rows are split over the caller's threads (:mod:`wdm.wavelets` passes
+``torch.get_num_threads()``; the kernels release the GIL), which
 also shares the kernel's first touch of the fresh output pages between the cores. Nothing is
 allocated but the output and one scratch per thread.
 
@@ -72,93 +73,109 @@ def _butterflies(t: np.ndarray) -> None:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _forward_rows(x: np.ndarray, out: np.ndarray, levels: int, p0: int, p1: int, run: int) -> None:
-    """out (n, 8^J, d, h, w) from x (n, 2^J d, 2^J h, 2^J w), block rows p = v * d + i in [p0, p1)."""
-    s = 1 << levels
-    nb = s * s * s
-    d, h, w = out.shape[2], out.shape[3], out.shape[4]
-    chan = band_channels(levels)
-    scale = x.dtype.type(1.0 / math.sqrt(nb))
-    t = np.empty((nb, run * w), x.dtype)
-    for p in range(p0, p1):
-        v, i = p // d, p % d
-        for j0 in range(0, h, run):
-            nj = min(run, h - j0)
-            for od in range(s):
-                for jj in range(nj):
-                    for oh in range(s):
-                        row = x[v, s * i + od, s * (j0 + jj) + oh]
-                        for ow in range(s):
-                            r = t[(od * s + oh) * s + ow]
-                            for col in range(w):
-                                r[jj * w + col] = row[s * col + ow] * scale
-            _butterflies(t)
-            for k in range(nb):
-                r = t[k]
-                o = out[v, chan[k], i]
-                for jj in range(nj):
-                    for col in range(w):
-                        o[j0 + jj, col] = r[jj * w + col]
+def _voxels(vol: np.ndarray, t: np.ndarray, v: int, i: int, j0: int, nj: int, s: int, scale: float,
+            into_scratch: bool) -> None:
+    """Between the voxels of block row (v, i), block columns j0 .. j0 + nj - 1, of vol
+    (n, s d, s h, s w) and the scratch t (s^3, run * w), row = natural index (module docstring):
+    gathered into t (times ``scale``) if ``into_scratch``, else scattered from it."""
+    w = vol.shape[3] // s
+    for od in range(s):
+        for jj in range(nj):
+            for oh in range(s):
+                row = vol[v, s * i + od, s * (j0 + jj) + oh]
+                for ow in range(s):
+                    r = t[(od * s + oh) * s + ow]
+                    if into_scratch:
+                        for col in range(w):
+                            r[jj * w + col] = row[s * col + ow] * scale
+                    else:
+                        for col in range(w):
+                            row[s * col + ow] = r[jj * w + col]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _inverse_rows(cf: np.ndarray, x: np.ndarray, levels: int, p0: int, p1: int, run: int) -> None:
-    """x (n, 2^J d, 2^J h, 2^J w) from cf (n, 8^J, d, h, w), block rows p in [p0, p1)."""
+def _channels(coef: np.ndarray, t: np.ndarray, chan: np.ndarray, v: int, i: int, j0: int, nj: int,
+              scale: float, into_scratch: bool) -> None:
+    """Between coef (n, 8^J, d, h, w) at (v, :, i, j0 .. j0 + nj - 1) and the scratch t (8^J, run * w):
+    row k of t is channel ``chan[k]``; read into t (times ``scale``) if ``into_scratch``, else
+    written from it."""
+    w = coef.shape[4]
+    for k in range(t.shape[0]):
+        r = t[k]
+        c = coef[v, chan[k], i]
+        for jj in range(nj):
+            if into_scratch:
+                for col in range(w):
+                    r[jj * w + col] = c[j0 + jj, col] * scale
+            else:
+                for col in range(w):
+                    c[j0 + jj, col] = r[jj * w + col]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _block_rows(vol: np.ndarray, coef: np.ndarray, levels: int, p0: int, p1: int, run: int,
+                analysis: bool) -> None:
+    """Block rows p = v * d + i in [p0, p1) between vol (n, 2^J d, 2^J h, 2^J w) and coef
+    (n, 8^J, d, h, w), ``run`` block columns at a time: coef from vol if ``analysis``, else vol
+    from coef (the transform is symmetric and orthogonal: the same butterflies and scale)."""
     s = 1 << levels
     nb = s * s * s
-    d, h, w = cf.shape[2], cf.shape[3], cf.shape[4]
+    d, h, w = coef.shape[2], coef.shape[3], coef.shape[4]
     chan = band_channels(levels)
-    scale = cf.dtype.type(1.0 / math.sqrt(nb))
-    t = np.empty((nb, run * w), cf.dtype)
+    scale = vol.dtype.type(1.0 / math.sqrt(nb))
+    t = np.empty((nb, run * w), vol.dtype)
     for p in range(p0, p1):
         v, i = p // d, p % d
         for j0 in range(0, h, run):
             nj = min(run, h - j0)
-            for k in range(nb):
-                r = t[k]
-                c = cf[v, chan[k], i]
-                for jj in range(nj):
-                    for col in range(w):
-                        r[jj * w + col] = c[j0 + jj, col] * scale
+            if analysis:
+                _voxels(vol, t, v, i, j0, nj, s, scale, True)
+            else:
+                _channels(coef, t, chan, v, i, j0, nj, scale, True)
             _butterflies(t)
-            for od in range(s):
-                for jj in range(nj):
-                    for oh in range(s):
-                        row = x[v, s * i + od, s * (j0 + jj) + oh]
-                        for ow in range(s):
-                            r = t[(od * s + oh) * s + ow]
-                            for col in range(w):
-                                row[s * col + ow] = r[jj * w + col]
+            if analysis:
+                _channels(coef, t, chan, v, i, j0, nj, scale, False)
+            else:
+                _voxels(vol, t, v, i, j0, nj, s, scale, False)
 
 
-def _split(kernel, src: np.ndarray, dst: np.ndarray, levels: int, rows: int, h: int, w: int,
+def _split(kernel, vol: np.ndarray, coef: np.ndarray, levels: int, analysis: bool,
            threads: int) -> None:
-    """Run ``kernel`` over ``rows`` block rows, split into ``threads`` contiguous ranges."""
-    run = max(1, min(h, SCRATCH_BYTES // (8**levels * w * src.itemsize)))
+    """Run ``kernel`` over the block rows of coef (n, 8^J, d, h, w), split into ``threads``
+    contiguous ranges; an error in any range is raised here (after every thread has stopped), not
+    lost in its thread."""
+    n, nb, d, h, w = coef.shape
+    rows = n * d
+    run = max(1, min(h, SCRATCH_BYTES // (nb * w * coef.itemsize)))
     threads = max(1, min(threads, rows))
     bounds = [rows * k // threads for k in range(threads + 1)]
-    workers = [threading.Thread(target=kernel, args=(src, dst, levels, bounds[k], bounds[k + 1], run))
-               for k in range(1, threads)]
+    errors: list[BaseException] = []
+
+    def part(k: int) -> None:
+        try:
+            kernel(vol, coef, levels, bounds[k], bounds[k + 1], run, analysis)
+        except BaseException as exc:  # re-raised in the calling thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=part, args=(k,)) for k in range(1, threads)]
     for t in workers:
         t.start()
-    try:
-        kernel(src, dst, levels, bounds[0], bounds[1], run)
-    finally:
-        for t in workers:
-            t.join()
+    part(0)
+    for t in workers:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def forward(x: np.ndarray, out: np.ndarray, levels: int, threads: int) -> None:
     """Fill out (n, 8^J, d, h, w) with the J-level packet transform of x (n, 2^J d, 2^J h, 2^J w).
 
     Both C-contiguous, the same float32/float64 dtype; channels in :func:`wdm.wavelets.packet_bands`
-    order.
+    order; ``threads`` threads.
     """
-    n, nb, d, h, w = out.shape
-    _split(_forward_rows, x, out, levels, n * d, h, w, threads)
+    _split(_block_rows, x, out, levels, True, threads)
 
 
 def inverse(coeffs: np.ndarray, x: np.ndarray, levels: int, threads: int) -> None:
     """Fill x (n, 2^J d, 2^J h, 2^J w) with the inverse of :func:`forward` of coeffs (n, 8^J, d, h, w)."""
-    n, nb, d, h, w = coeffs.shape
-    _split(_inverse_rows, coeffs, x, levels, n * d, h, w, threads)
+    _split(_block_rows, x, coeffs, levels, False, threads)

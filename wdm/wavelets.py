@@ -42,9 +42,12 @@ offset in the block along that axis. Being orthonormal and symmetric, the invers
 use the same factors, and i.i.d. N(0, 1) voxel noise maps to i.i.d. N(0, 1) coefficients.
 
 Speed (``python bench/bench_dwt.py --levels 1 2 3``, 256^3 float32, 2 threads, 2-core AMD EPYC):
-SPEED_NUMBERS. Most of a round trip is the kernel's first touch of the two fresh 64 MiB outputs
-(~0.02 s each, as much as a whole ``x.clone()``, which pays it once); the arithmetic and the
-gather/scatter take ~0.01 s per direction. The torch-only chunked version this replaces (gather per
+a round trip takes ~0.06 s at every level (J = 1 0.05-0.065 s, J = 2 0.05-0.076 s, J = 3
+0.06-0.072 s over eight runs), 1.8-2.7x ``x.clone()`` (0.022-0.031 s) and 0.11-0.14x the dense
+band-matrix approach; two chained one-level passes take 1.7-2.3x the fused J = 2. Most of it
+is the kernel's first touch of the two fresh 64 MiB outputs (~0.02 s each, as much as a whole
+``x.clone()``, which pays it once); the arithmetic and the gather/scatter take ~0.01 s per
+direction. The torch-only chunked version this replaces (gather per
 1 MiB chunk, then one 8x8 GEMM per level) took 3.1-4.4x a clone at J = 2: its small GEMMs ran on
 one thread, which also took every first-touch page fault of the output alone.
 """
