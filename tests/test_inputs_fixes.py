@@ -15,7 +15,7 @@ from eval.metrics import fid, fid_bootstrap_ci, fid_from_features, frechet_dista
 from tests.conftest import TINY_RUN
 from wdm.cli import main
 from wdm.config import EvaluationSettings, load_run_config, load_workflow_config, parse_yaml
-from wdm.data import phantom
+from wdm.data import phantom_dataset
 from wdm.data.prepare import prepare, split_files, verify_manifest
 from wdm.io import InputError, save_nifti
 
@@ -113,14 +113,14 @@ def test_overwrite_replaces_a_data_folder_or_an_empty_one(tmp_path, capsys):
 
 def test_a_failed_swap_leaves_no_hidden_folder(tmp_path, monkeypatch):
     out = prepare("phantom-brain", tmp_path / "d", size=16, n_train=2, n_test=1)
-    real_replace = phantom.os.replace
+    real_replace = phantom_dataset.os.replace
 
     def refuse_first(src, dst):
         if Path(src) == out:
             raise OSError("device busy (simulated)")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(phantom.os, "replace", refuse_first)
+    monkeypatch.setattr(phantom_dataset.os, "replace", refuse_first)
     with pytest.raises(OSError, match="simulated"):
         prepare("phantom-brain", out, size=16, n_train=2, n_test=1, seed=3, overwrite=True)
     assert _leftovers(tmp_path) == [] and verify_manifest(out)

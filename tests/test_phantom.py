@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wdm.data import phantom
-from wdm.data.phantom import load_mni_templates, make_phantom, make_phantom_dataset
+from wdm.data import phantom, phantom_dataset
+from wdm.data.phantom import load_mni_templates, make_phantom
+from wdm.data.phantom_dataset import make_phantom_dataset
 from wdm.data.prepare import DATASETS, prepare, read_manifest, split_files, verify_manifest
 from wdm.io import InputError, load_nifti, sha256_file
 
@@ -177,7 +178,7 @@ def test_existing_output_refused_then_overwritten(data_dir: Path, tmp_path: Path
 
 
 def test_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_save = phantom.save_nifti
+    real_save = phantom_dataset.save_nifti
     calls = {"n": 0}
 
     def flaky_save(*args, **kwargs):
@@ -186,7 +187,7 @@ def test_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.Monke
             raise OSError("disk full (simulated)")
         real_save(*args, **kwargs)
 
-    monkeypatch.setattr(phantom, "save_nifti", flaky_save)
+    monkeypatch.setattr(phantom_dataset, "save_nifti", flaky_save)
     with pytest.raises(OSError, match="simulated"):
         make_phantom_dataset(tmp_path / "data", size=SIZE, n_train=3, n_test=1)
     assert list(tmp_path.iterdir()) == []

@@ -178,7 +178,7 @@ def _prepare(dataset: str, out: Path, *, source: str | os.PathLike | None, size:
         if source is not None:
             raise InputError("phantom-brain takes no source: it is built from the MNI152 template "
                              f"packaged with nilearn (got source={str(source)!r})")
-        from wdm.data.phantom import make_phantom_dataset
+        from wdm.data.phantom_dataset import make_phantom_dataset
 
         return make_phantom_dataset(out, size=size, n_train=40 if n_train is None else n_train,
                                     n_test=n_test, seed=seed, overwrite=overwrite)
@@ -386,7 +386,7 @@ def build_real_dataset(dataset: str, out: str | os.PathLike, cases: list[tuple[s
     manifest and ``dataset.json`` are written, and the folder is renamed onto ``out``. On any
     error the sibling is removed: nothing half-written is left.
     """
-    from wdm.data.phantom import _check_out, _swap_into_place
+    from wdm.data.phantom_dataset import _check_out, _swap_into_place
 
     _check_real_args(cases, source, n_train, n_test, threads, split)
     out = Path(out)
