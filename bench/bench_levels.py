@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ MEMORY_NOTE = ("CPU peak RSS (interpreter and allocator included) is not the sam
                "outside the checkpointed blocks)")
 LEVEL_COLUMNS = ("label", "mode", "resolution", "levels", "status", "s", "peak_memory_gb",
                  "peak_minus_baseline_gb", "alloc_peak_gb", "count_gb", "paper_gb", "flops_per_step",
-                 "achieved_gflops", "efficiency", "source")
+                 "achieved_gflops", "efficiency", "efficiency_conv", "source")
 
 
 def add_level_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,6 +64,8 @@ def add_level_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", default=None, help="an earlier levels CSV whose --keep-rows are kept")
     p.add_argument("--keep-rows", nargs="+", default=[], help="LABEL:MODE rows taken from --keep")
     p.add_argument("--peak-n", type=int, default=4096, help="side of the peak-FLOP/s matmul")
+    p.add_argument("--rescore", default=None, help="an earlier levels CSV: re-measure the peaks only and "
+                                                   "recompute its efficiencies (written to --out)")
 
 
 def level_config(model: str, preset: str, levels: int, resolution: int, ckpt: bool,
@@ -191,7 +194,8 @@ def _finish_level(out: dict[str, Any], peak: dict[str, Any]) -> None:
     out["network_s"] = out.get("s_per_it") if sample else None
     out["flops_per_step"] = out.pop("flops_per_it", None) or out.get("flops_per_step")
     out.update(efficiency_fields(out["flops_per_step"], out["s"] if out["status"] == "ok" else None,
-                                 peak["peak_gflops"]), peak_gflops=peak["peak_gflops"])
+                                 peak["peak_gflops"], peak.get("peak_conv_gflops")),
+               peak_gflops=peak["peak_gflops"], peak_conv_gflops=peak.get("peak_conv_gflops"))
     if sample and out["status"] == "ok" and out.get("n_parameters"):
         out["count_gb"] = 4 * out["n_parameters"] / 1e9  # float32 weights; no_grad saves nothing
     paper = PAPER_SAMPLE_GB.get((out["label"], out["paper_resolution"])) if sample else None
@@ -200,13 +204,34 @@ def _finish_level(out: dict[str, Any], peak: dict[str, Any]) -> None:
         out["note"] = "; ".join(filter(None, [out.get("note"), MEMORY_NOTE]))
 
 
+def measure_peaks(a: argparse.Namespace) -> dict[str, Any]:
+    """The matmul and the convolution peak (``bench.bench_flops``) at ``a.threads`` threads."""
+    from bench.bench_flops import peak_conv3d_gflops, peak_matmul_gflops
+
+    return peak_matmul_gflops(a.peak_n, a.repeats, a.threads) | peak_conv3d_gflops(
+        repeats=a.repeats, threads=a.threads)
+
+
+def _apply_peaks(rows: list[dict[str, Any]], peaks: list[dict[str, Any]]) -> None:
+    """Each peak the larger of its measurements; efficiencies of every row against both."""
+    peak = {"peak_gflops": max(p["peak_gflops"] for p in peaks),
+            "peak_conv_gflops": max(p["peak_conv_gflops"] for p in peaks)}
+    sys.stdout.write("peaks: matmul " + ", ".join(f"{p['peak_gflops']:.1f}" for p in peaks) +
+                     f" GFLOP/s ({peaks[0]['peak_matmul_n']}^2 float32), conv3d " +
+                     ", ".join(f"{p['peak_conv_gflops']:.1f}" for p in peaks) +
+                     f" GFLOP/s ({peaks[0]['peak_conv_shape']}), {peaks[0]['peak_threads']} threads\n")
+    for out in rows:
+        out.update(peak_matmul_s=min(p["peak_matmul_s"] for p in peaks),
+                   peak_gflops_before=peaks[0]["peak_gflops"], peak_gflops_after=peaks[-1]["peak_gflops"])
+        _finish_level(out, peak)
+
+
 def run_levels(a: argparse.Namespace) -> list[dict[str, Any]]:
     """Measure every levels-suite row, one isolated probe at a time (see :func:`level_plan`); the
-    matmul peak is measured before and after, and the larger is used."""
-    from bench.bench_flops import peak_matmul_gflops
+    peaks are measured before and after, and the larger of each is used."""
     from wdm.config import resolve_run_config
 
-    peaks = [peak_matmul_gflops(a.peak_n, a.repeats, a.threads)]
+    peaks = [measure_peaks(a)]
     kept, rows = _kept(a), []
     for row in level_plan(a.levels_rows, tuple(a.level_modes), a.scale):
         old = _reused(row, Path(a.reuse)) if a.reuse and row["label"] in a.reuse_rows else None
@@ -224,15 +249,22 @@ def run_levels(a: argparse.Namespace) -> list[dict[str, Any]]:
         rows.append(out)
         rows.sort(key=lambda r: ([b[0] for b in LEVEL_ROWS].index(r["label"]), r["mode"] != "train"))
         write_rows(rows, a.out)  # after every row: a long run interrupted keeps what it measured
-    peaks.append(peak_matmul_gflops(a.peak_n, a.repeats, a.threads))
-    peak = max(peaks, key=lambda p: p["peak_gflops"])
-    sys.stdout.write("matmul peak: " + ", ".join(f"{p['peak_gflops']:.1f}" for p in peaks) +
-                     f" GFLOP/s before/after ({a.peak_n}^2 float32, {peak['peak_threads']} threads)\n")
-    for out in rows:
-        out.update(peak_matmul_s=peak["peak_matmul_s"], peak_gflops_before=peaks[0]["peak_gflops"],
-                   peak_gflops_after=peaks[1]["peak_gflops"])
-        _finish_level(out, peak)
+    peaks.append(measure_peaks(a))
+    _apply_peaks(rows, peaks)
     write_rows(rows, a.out)
+    return rows
+
+
+def rescore_levels(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """``--rescore CSV``: the rows of an earlier levels run with both peaks measured now (twice)
+    and their efficiencies recomputed; the timings and FLOP counts are kept as measured."""
+    rows = read_rows(a.rescore)
+    _apply_peaks(rows, [measure_peaks(a), measure_peaks(a)])
+    note = f"peaks re-measured on {time.strftime('%Y-%m-%d')} after the probes (--rescore)"
+    for r in rows:
+        kept = [p for p in str(r.get("note") or "").split("; ")
+                if p and not p.startswith("peaks re-measured")]
+        r["note"] = "; ".join([note, *kept])
     return rows
 
 
@@ -243,7 +275,7 @@ def main_levels(a: argparse.Namespace) -> list[dict[str, Any]]:
     if a.plot_from:
         rows = read_rows(a.plot_from)
     else:
-        rows = run_levels(a)
+        rows = rescore_levels(a) if a.rescore else run_levels(a)
     print_levels(rows)
     out = Path(a.plot_from or write_rows(rows, a.out))
     png = (BENCH_DIR / "memory_vs_resolution_levels.png"

@@ -140,9 +140,19 @@ def test_bench_levels_suite_smoke(tmp_path: Path) -> None:
     assert df.set_index("label")["levels"].to_dict() == {"wdm J=1": 1, "wdm J=2": 2,
                                                          "wavunet J=1": 1, "ddpm3d": 0}
     for col in ("s", "peak_memory_gb", "alloc_peak_gb", "count_gb", "flops_per_step",
-                "achieved_gflops", "peak_gflops", "efficiency"):
+                "achieved_gflops", "peak_gflops", "efficiency", "peak_conv_gflops", "efficiency_conv"):
         assert (df[col] > 0).all(), col
+    ratio = df["efficiency"] / df["efficiency_conv"]  # both of the same achieved FLOP/s
+    assert ((ratio / (df["peak_conv_gflops"] / df["peak_gflops"]) - 1).abs() < 1e-4).all()  # CSV digits
     assert (df["repeats"] >= 3).all() and (df["batch_size"] == 1).all()
+    # --rescore: the same rows, timings kept, peaks measured anew and noted.
+    again = tmp_path / "rescored.csv"
+    _bench("bench_train_step").main(["--suite", "levels", "--rescore", str(out), "--threads", "1",
+                                     "--peak-n", "256", "--out", str(again)])
+    re = pd.read_csv(again)
+    assert re["s"].tolist() == df["s"].tolist() and (re["efficiency_conv"] > 0).all()
+    assert re["note"].str.startswith("peaks re-measured").all()
+    assert re["note"].str.contains("torch.cuda.max_memory_allocated").all()
     train = df[df["mode"] == "train"]
     assert (train["count_param_state_gb"] > 0).all() and (train["alloc_peak_gb"] >= train["count_gb"]).all()
     paper = df.set_index(["label", "mode"])["paper_gb"]
@@ -189,7 +199,11 @@ def test_flops_extrapolation_is_exact_and_peak_positive() -> None:
     assert est == pytest.approx(training_flops_per_step(cfg, (32, 32, 32)), rel=1e-9)
     peak = f.peak_matmul_gflops(128, repeats=3, threads=1)
     assert peak["peak_gflops"] > 0 and len(peak["peak_matmul_s_all"]) == 3
-    assert f.efficiency_fields(2e9, 2.0, 10.0) == {"achieved_gflops": 1.0, "efficiency": 0.1}
+    assert f.efficiency_fields(2e9, 2.0, 10.0) == {"achieved_gflops": 1.0, "efficiency": 0.1,
+                                                   "efficiency_conv": None}
+    assert f.efficiency_fields(2e9, 2.0, 10.0, 40.0)["efficiency_conv"] == 0.025
+    conv = f.peak_conv3d_gflops(16, 8, repeats=3, threads=1)
+    assert conv["peak_conv_gflops"] > 0 and conv["peak_conv_shape"] == "16ch 8^3 3x3x3"
     assert f.efficiency_fields(None, 2.0, 10.0)["efficiency"] is None
     with pytest.raises(ValueError):
         f.peak_matmul_gflops(64, repeats=2)
