@@ -39,9 +39,9 @@ __all__ = ["peak_conv3d_gflops", "peak_matmul_gflops", "extrapolated_flops", "ef
 log = logging.getLogger("bench.flops")
 
 
-def peak_matmul_gflops(n: int = 4096, repeats: int = MIN_REPEATS, threads: int | None = 2,
-                       warmup: int = 1) -> dict[str, Any]:
-    """GFLOP/s of a float32 ``n x n @ n x n`` product (median of ``repeats`` after ``warmup``)."""
+def _timed(make_op, repeats: int, threads: int | None, warmup: int) -> tuple[list[float], int]:
+    """Times of ``make_op()``'s operation (built from seeded inputs) at ``threads`` torch threads,
+    and the thread count used; the previous count is restored."""
     import torch
 
     if repeats < MIN_REPEATS:
@@ -50,15 +50,26 @@ def peak_matmul_gflops(n: int = 4096, repeats: int = MIN_REPEATS, threads: int |
     if threads:
         torch.set_num_threads(threads)
     try:
-        gen = torch.Generator().manual_seed(0)
-        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-        out = torch.empty(n, n)
-        times = time_repeats(lambda: torch.mm(a, b, out=out), repeats=repeats, warmup=warmup)
+        op = make_op(torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            return time_repeats(op, repeats=repeats, warmup=warmup), threads or old
     finally:
         torch.set_num_threads(old)
+
+
+def peak_matmul_gflops(n: int = 4096, repeats: int = MIN_REPEATS, threads: int | None = 2,
+                       warmup: int = 1) -> dict[str, Any]:
+    """GFLOP/s of a float32 ``n x n @ n x n`` product (median of ``repeats`` after ``warmup``)."""
+    import torch
+
+    def make(gen: torch.Generator):
+        a, b, out = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen), torch.empty(n, n)
+        return lambda: torch.mm(a, b, out=out)
+
+    times, used = _timed(make, repeats, threads, warmup)
     med = statistics.median(times)
     return {"peak_gflops": 2 * n**3 / med / 1e9, "peak_matmul_n": n, "peak_matmul_s": med,
-            "peak_matmul_s_all": times, "peak_threads": threads or old}
+            "peak_matmul_s_all": times, "peak_threads": used}
 
 
 def peak_conv3d_gflops(channels: int = 256, side: int = 16, repeats: int = MIN_REPEATS,
@@ -67,23 +78,15 @@ def peak_conv3d_gflops(channels: int = 256, side: int = 16, repeats: int = MIN_R
     under ``torch.no_grad`` (``2 C^2 27 S^3`` FLOPs; median of ``repeats`` after ``warmup``)."""
     import torch
 
-    if repeats < MIN_REPEATS:
-        raise ValueError(f"repeats must be >= {MIN_REPEATS}, got {repeats}")
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        gen = torch.Generator().manual_seed(0)
+    def make(gen: torch.Generator):
         x = torch.randn(1, channels, side, side, side, generator=gen)
         w = torch.randn(channels, channels, 3, 3, 3, generator=gen)
-        with torch.no_grad():
-            times = time_repeats(lambda: torch.nn.functional.conv3d(x, w, padding=1), repeats=repeats,
-                                 warmup=warmup)
-    finally:
-        torch.set_num_threads(old)
+        return lambda: torch.nn.functional.conv3d(x, w, padding=1)
+
+    times, used = _timed(make, repeats, threads, warmup)
     med = statistics.median(times)
     return {"peak_conv_gflops": 2 * channels**2 * 27 * side**3 / med / 1e9, "peak_conv_shape":
-            f"{channels}ch {side}^3 3x3x3", "peak_conv_s": med, "peak_threads": threads or old}
+            f"{channels}ch {side}^3 3x3x3", "peak_conv_s": med, "peak_threads": used}
 
 
 def extrapolated_flops(cfg: dict, resolution: int, small: tuple[int, int]) -> dict[str, Any]:
