@@ -31,6 +31,37 @@ log = logging.getLogger(__name__)
 _GB = 1e9
 
 
+def _saved_bytes(forward, param_ptrs: set[int]) -> tuple[int, int]:
+    """Bytes and number of the distinct storages autograd saves for backward while ``forward()``
+    runs, parameters (storage pointers ``param_ptrs``) and empty storages left out; nothing is
+    kept, so no backward can follow."""
+    alive: dict[int, weakref.ref] = {}
+    total = 0
+    n_saved = 0
+
+    def pack(t: torch.Tensor) -> tuple:
+        nonlocal total, n_saved
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr in param_ptrs or storage.nbytes() == 0:
+            return ()
+        ref = alive.get(ptr)
+        if ref is not None and ref() is not None:
+            return ()  # the same live storage saved by another op
+        alive[ptr] = weakref.ref(t)
+        total += storage.nbytes()
+        n_saved += 1
+        return ()  # drop the tensor: nothing is kept for a backward pass
+
+    def unpack(_: tuple) -> torch.Tensor:
+        raise RuntimeError("count_training_memory runs no backward pass")
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        loss = forward()
+    del loss
+    return total, n_saved
+
+
 def count_training_memory(cfg: dict, resolution: int, *, batch_size: int = 1, seed: int = 0,
                           device: str = "cpu") -> dict[str, Any]:
     """Saved-activation and optimizer-state bytes of one training step (no backward is run).
@@ -57,33 +88,10 @@ def count_training_memory(cfg: dict, resolution: int, *, batch_size: int = 1, se
     params = [p for m in modules.values() for p in m.parameters()]
     trainable = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
     param_ptrs = {p.untyped_storage().data_ptr() for p in params}
-    alive: dict[int, weakref.ref] = {}
-    total = 0
-    n_saved = 0
-
-    def pack(t: torch.Tensor) -> tuple:
-        nonlocal total, n_saved
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr in param_ptrs or storage.nbytes() == 0:
-            return ()
-        ref = alive.get(ptr)
-        if ref is not None and ref() is not None:
-            return ()  # the same live storage saved by another op
-        alive[ptr] = weakref.ref(t)
-        total += storage.nbytes()
-        n_saved += 1
-        return ()  # drop the tensor: nothing is kept for a backward pass
-
-    def unpack(_: tuple) -> torch.Tensor:
-        raise RuntimeError("count_training_memory runs no backward pass")
-
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.rand((batch_size, 1, resolution, resolution, resolution), generator=gen,
                    device=device) * 2 - 1
-    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        loss = model.loss(x, gen)
-    del loss
+    total, n_saved = _saved_bytes(lambda: model.loss(x, gen), param_ptrs)
     param_state = 4 * trainable
     out = {"saved_activations_gb": total / _GB, "param_state_gb": param_state / _GB,
            "estimate_gb": (total + param_state) / _GB, "n_saved": n_saved,

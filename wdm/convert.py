@@ -187,6 +187,24 @@ def _write_checkpoint(ckpt_dir: Path, state: dict, overwrite: bool) -> Path:
     return path
 
 
+def _check_loads(network_cfg: Mapping[str, Any], sd: dict[str, Any], size: int) -> None:
+    """Build the network of ``network_cfg`` (8 -> 8 channels) and load ``sd`` strictly (proves the
+    layout once more); ``size / 2`` must suit its down-sampling."""
+    network = build_network(network_cfg, 8, 8)
+    f = network.downsample_factor
+    if (size // 2) % f:
+        raise InputError(f"--size {size}: the wavelet grid side {size // 2} must be divisible by {f}")
+    network.load_state_dict(sd, strict=True)
+
+
+def _checked_affine(affine: np.ndarray | None) -> np.ndarray:
+    """The 4x4 voxel-to-world matrix (identity by default, as upstream writes)."""
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
+    if affine.shape != (4, 4):
+        raise InputError(f"affine must be 4x4, got shape {affine.shape}")
+    return affine
+
+
 def write_converted_run(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -220,15 +238,9 @@ def write_converted_run(
     src, out = Path(src), Path(out)
     cfg = _checked_config(config, size, out, overwrite)
     sd = convert_wdm_checkpoint(src, cfg["network"])
-    network = build_network(cfg["network"], 8, 8)
-    f = network.downsample_factor
-    if (size // 2) % f:
-        raise InputError(f"--size {size}: the wavelet grid side {size // 2} must be divisible by {f}")
-    network.load_state_dict(sd, strict=True)  # proves the layout once more
+    _check_loads(cfg["network"], sd, size)
     step = _step_from_name(src) if step is None else int(step)
-    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
-    if affine.shape != (4, 4):
-        raise InputError(f"affine must be 4x4, got shape {affine.shape}")
+    affine = _checked_affine(affine)
     provenance = _provenance(src)
     state = {
         "step": step,
