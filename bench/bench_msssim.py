@@ -1,4 +1,4 @@
-"""Benchmark: all-pairs 3D MS-SSIM, ``eval.metrics.pairwise_ms_ssim`` vs MONAI pair by pair.
+"""Benchmark: all-pairs 3D MS-SSIM, ``eval.msssim.pairwise_ms_ssim`` vs MONAI pair by pair.
 
 Issue 4, point 4: for 50 volumes at 64³ (kernel 7, data range 1, the 4 scales that fit at 64³),
 the shared-statistics implementation must be at least 4× faster than calling MONAI's
@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import MIN_REPEATS, print_rows, setup_logging, summarize, time_repeats, write_rows  # noqa: E402
-from eval.metrics import MS_SSIM_WEIGHTS, max_ms_ssim_scales, pairwise_ms_ssim  # noqa: E402
+from eval.msssim import MS_SSIM_WEIGHTS, max_ms_ssim_scales, pairwise_ms_ssim  # noqa: E402
 from wdm.data.phantom import make_phantom  # noqa: E402
 
 logger = logging.getLogger("bench.msssim")

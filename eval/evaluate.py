@@ -43,7 +43,8 @@ from eval.features import (
     resolve_weights,
 )
 from eval.memorise import memorisation, split_note, train_files_of
-from eval.metrics import max_ms_ssim_scales, ms_ssim_bootstrap_ci, pairwise_ms_ssim
+from eval.metrics import ms_ssim_bootstrap_ci
+from eval.msssim import max_ms_ssim_scales, pairwise_ms_ssim
 from eval.scores import SCORE_KEYS, feature_scores, protocol_note
 from eval.volumes import load_checked, real_files, select_files, stream_checked
 from wdm.config import EvaluationSettings

@@ -40,7 +40,8 @@ from scipy.stats import spearmanr
 from eval.corruptions import Corruption, corrupt_volume, get_corruption, strength_grid
 from eval.fidelity import kid, prdc
 from eval.memorisation import memorisation_report, nearest_neighbours
-from eval.metrics import fid_from_features, max_ms_ssim_scales, pairwise_ms_ssim
+from eval.metrics import fid_from_features
+from eval.msssim import max_ms_ssim_scales, pairwise_ms_ssim
 from wdm.config import EvaluationSettings
 from wdm.io import InputError
 

@@ -10,18 +10,15 @@ import scipy.linalg
 import torch
 
 from eval.metrics import (
-    MS_SSIM_WEIGHTS,
     feature_statistics,
     fid,
     fid_bootstrap_ci,
     fid_from_features,
     frechet_distance,
-    max_ms_ssim_scales,
     mmd,
-    ms_ssim,
     ms_ssim_bootstrap_ci,
-    pairwise_ms_ssim,
 )
+from eval.msssim import MS_SSIM_WEIGHTS, max_ms_ssim_scales, ms_ssim, pairwise_ms_ssim
 
 
 def _sqrtm_reference(mu1, s1, mu2, s2, eps=1e-6):

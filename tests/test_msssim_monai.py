@@ -16,7 +16,7 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from eval.metrics import MS_SSIM_WEIGHTS, _gaussian_1d, max_ms_ssim_scales, ms_ssim, pairwise_ms_ssim
+from eval.msssim import MS_SSIM_WEIGHTS, _gaussian_1d, max_ms_ssim_scales, ms_ssim, pairwise_ms_ssim
 
 pytest.importorskip("monai")
 
