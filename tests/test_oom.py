@@ -38,6 +38,11 @@ def test_is_out_of_memory_tells_allocation_failures_from_bugs():
     assert is_out_of_memory(MemoryError())
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not is_out_of_memory(ValueError("out of memory"))  # not an allocation error type
+    # oneDNN: a primitive whose creation failed (scratchpad / JIT buffer) is memory; a descriptor
+    # that could not be created is an unsupported configuration, a bug to report
+    assert is_out_of_memory(RuntimeError("could not create a primitive"))
+    assert not is_out_of_memory(RuntimeError(
+        "could not create a primitive descriptor for a convolution forward propagation primitive"))
     assert one_line(RuntimeError("a\n  b")) == "RuntimeError: a b"
     assert len(one_line(RuntimeError("x" * 1000), limit=50)) == 50
 

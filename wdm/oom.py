@@ -33,6 +33,12 @@ STATUS_OOM = "oom"
 _OOM_MESSAGES = ("can't allocate memory", "cannot allocate memory", "defaultcpuallocator",
                  "out of memory", "std::bad_alloc")
 
+#: oneDNN (the CPU convolutions) reports a failed allocation of a primitive's scratchpad or JIT
+#: code buffer as this bare message; the status code is lost on the way to Python. An unsupported
+#: configuration fails one step earlier, as "could not create a primitive descriptor ...", which
+#: stays an error. Seen as the first failure of a CPU training step under an address-space cap.
+_ONEDNN_CREATE = "could not create a primitive"
+
 
 class UpstreamOutOfMemory(Exception):
     """A stage this one needs (e.g. the LDM's stage-1 VQ-GAN) is recorded as out of memory.
@@ -46,7 +52,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is an allocation failure (GPU or CPU) rather than a bug or a bad input."""
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError, UpstreamOutOfMemory)):
         return True
-    return isinstance(exc, RuntimeError) and any(s in str(exc).lower() for s in _OOM_MESSAGES)
+    if not isinstance(exc, RuntimeError):
+        return False
+    text = str(exc).lower()
+    return any(s in text for s in _OOM_MESSAGES) or text.strip() == _ONEDNN_CREATE
 
 
 def one_line(exc: BaseException, limit: int = 400) -> str:
