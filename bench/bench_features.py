@@ -7,7 +7,7 @@ itself, :func:`eval.features.extract_features`, on ``--volumes`` random volumes 
 (size, size, size) per timed run, in batches of ``--batch-size`` (default 4, the evaluation
 default). By default the weights are untrained and drawn from ``--seed``: throughput does not
 depend on the weight values, and no checkpoint download is needed. ``--weights`` takes any spec
-that :func:`eval.features.resolve_weights` accepts (e.g. ``resnet_50_23dataset``) to time the
+that :func:`eval.medicalnet_weights.resolve_weights` accepts (e.g. ``resnet_50_23dataset``) to time the
 released network instead; the label of what ran is in the CSV.
 
 Per size the script reports the median seconds of a run over ``--repeats`` (≥ 3) runs after one
@@ -85,7 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--depth", type=int, default=50, help="MedicalNet ResNet depth")
     p.add_argument("--weights", default="none",
-                   help="weights spec for eval.features.resolve_weights (default: untrained, seeded)")
+                   help="weights spec for eval.medicalnet_weights.resolve_weights "
+                        "(default: untrained, seeded)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="features", help="CSV path, or a name under results/bench/")
     a = p.parse_args(argv)
@@ -102,7 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the benchmark; return the rows written to the CSV."""
-    from eval.features import medicalnet_resnet, resolve_weights
+    from eval.features import medicalnet_resnet
+    from eval.medicalnet_weights import resolve_weights
 
     a = parse_args(argv)
     setup_logging()

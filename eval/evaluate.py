@@ -35,13 +35,8 @@ import torch
 
 from eval.extractors import fallback_spec, load_phantom_seg
 from eval.feature_cache import check_same_extractor, load_real_stats, save_real_stats
-from eval.features import (
-    MEDICALNET_WEIGHTS,
-    PHANTOM_SEG_LABEL,
-    extract_features,
-    medicalnet_resnet,
-    resolve_weights,
-)
+from eval.features import extract_features, medicalnet_resnet
+from eval.medicalnet_weights import MEDICALNET_WEIGHTS, PHANTOM_SEG_LABEL, resolve_weights
 from eval.memorise import memorisation, split_note, train_files_of
 from eval.metrics import ms_ssim_bootstrap_ci
 from eval.msssim import max_ms_ssim_scales, pairwise_ms_ssim
@@ -193,7 +188,7 @@ def evaluate(real_dir: str | os.PathLike | None, fake_dir: str | os.PathLike,
     ``features.npz``), the memorisation check of :func:`eval.memorise.memorisation` against the
     training volumes the real features were made from; FRD (Konz et al. 2024) when its backend is
     installed (``settings.frd``). ``settings`` (the workflow config's ``evaluation`` section)
-    gives every knob: ``weights`` is a spec for :func:`eval.features.resolve_weights` (``"auto"``
+    gives every knob: ``weights`` is a spec for :func:`eval.medicalnet_weights.resolve_weights` (``"auto"``
     = the protocol's checkpoint if present locally, else an untrained network, labelled as such),
     ``depth``, ``protocol``, ``batch_size``, ``kernel_size`` (MS-SSIM window), ``n_real``;
     ``max_pairs`` limits MS-SSIM to a random subset of pairs drawn with ``seed``; percentile

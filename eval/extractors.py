@@ -6,7 +6,7 @@
 was pretrained by segmentation. Its checkpoint is ``{"state_dict": {name: tensor}, "head": ...,
 "meta": {"kind": "phantom-seg", "depth": 10, ...}}``. Here it is only read: the encoder with
 global average pooling maps ``(N, 1, D, H, W)`` in [0, 1] to features ``(N, 512)``. Its numbers
-are not MedicalNet numbers and carry :data:`eval.features.PHANTOM_SEG_LABEL`.
+are not MedicalNet numbers and carry :data:`eval.medicalnet_weights.PHANTOM_SEG_LABEL`.
 
 When the MedicalNet weights that ``auto:<name>`` names are not on this machine,
 :func:`fallback_spec` picks what is used instead: the phantom-seg file (``evaluation.fallback:
@@ -23,13 +23,8 @@ from typing import Any
 
 import torch
 
-from eval.features import (
-    PHANTOM_SEG,
-    PHANTOM_SEG_LABEL,
-    MedicalNetResNet,
-    feature_dim,
-    local_weights,
-)
+from eval.features import MedicalNetResNet, feature_dim
+from eval.medicalnet_weights import PHANTOM_SEG, PHANTOM_SEG_LABEL, local_weights
 from wdm.io import InputError
 
 __all__ = ["FALLBACKS", "fallback_spec", "uses_phantom_seg", "phantom_seg_meta", "load_phantom_seg"]
@@ -104,7 +99,7 @@ def fallback_spec(spec: str | None, fallback: str, fallback_weights: str | os.Pa
     - ``"auto:<name>"`` whose MedicalNet file is not found locally: with ``fallback ==
       "phantom-seg"`` and a path, ``phantom-seg:<fallback_weights>`` (a warning names the file);
       without a path, or with ``"untrained"``, the spec unchanged (the untrained network, with
-      :func:`eval.features.resolve_weights`'s warning);
+      :func:`eval.medicalnet_weights.resolve_weights`'s warning);
     - anything else: unchanged.
     """
     if fallback not in FALLBACKS:

@@ -25,7 +25,8 @@ LAYERS: dict[str, str] = {
     "wdm.wavelets": "blocks", "wdm.haar_cpu": "blocks", "wdm.codec": "blocks", "wdm.networks": "blocks",
     "wdm.wavunet": "blocks",
     "wdm.diffusion": "blocks", "wdm.samplers": "blocks", "wdm.data": "blocks",
-    "eval.features": "blocks", "eval.metrics": "blocks", "eval.msssim": "blocks", "eval.fidelity": "blocks",
+    "eval.features": "blocks", "eval.medicalnet_weights": "blocks", "eval.metrics": "blocks",
+    "eval.msssim": "blocks", "eval.fidelity": "blocks",
     "eval.memorisation": "blocks", "eval.significance": "blocks",
     # methods: the model contract and every model
     "wdm.model": "methods", "baselines": "methods",

@@ -14,7 +14,8 @@ import torch
 
 from eval.evaluate import _make_extractor, real_statistics
 from eval.extractors import fallback_spec, load_phantom_seg, phantom_seg_meta
-from eval.features import PHANTOM_SEG_LABEL, medicalnet_resnet, resolve_weights
+from eval.features import medicalnet_resnet
+from eval.medicalnet_weights import PHANTOM_SEG_LABEL, resolve_weights
 from wdm.config import EvaluationSettings
 from wdm.data import phantom
 from wdm.data.phantom import LABEL_CLASSES, load_mni_templates, make_phantom, make_phantom_labelled

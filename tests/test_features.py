@@ -1,4 +1,5 @@
-"""Tests for eval.features: MedicalNet ResNet structure, seeded init, strict checkpoint loading."""
+"""Tests for eval.features and eval.medicalnet_weights: MedicalNet ResNet structure, seeded init,
+strict checkpoint loading, weights lookup and download."""
 
 from __future__ import annotations
 
@@ -8,15 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from eval import features as feat
-from eval.features import (
-    MEDICALNET_WEIGHTS,
-    extract_features,
-    feature_dim,
-    load_medicalnet_state_dict,
-    medicalnet_resnet,
-    resolve_weights,
-)
+from eval.features import extract_features, feature_dim, medicalnet_resnet
+from eval.medicalnet_weights import MEDICALNET_WEIGHTS, load_medicalnet_state_dict, resolve_weights
 from wdm.io import InputError, sha256_file
 
 
@@ -190,7 +184,7 @@ def test_hub_download_is_hash_checked(tmp_path, monkeypatch):
         with open(dst, "wb") as f:
             f.write(b"not the real checkpoint")
 
-    monkeypatch.setattr(feat.torch.hub, "download_url_to_file", fake_download)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
     with pytest.raises(InputError, match="SHA-256 mismatch"):
         resolve_weights("hub:resnet_50_23dataset")
     cache = tmp_path / "torch_home" / "hub" / "checkpoints"

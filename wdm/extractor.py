@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eval.features import PHANTOM_SEG, PHANTOM_SEG_LABEL, MedicalNetResNet, medicalnet_resnet
+from eval.features import MedicalNetResNet, medicalnet_resnet
+from eval.medicalnet_weights import PHANTOM_SEG, PHANTOM_SEG_LABEL
 from wdm.checkpoints import save_torch_atomic
 from wdm.data.phantom import LABEL_CLASSES, load_mni_templates, make_phantom_labelled
 from wdm.io import InputError, code_version, sha256_file, write_json_atomic

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.ldm.lpips import build_lpips
-from eval.features import MedicalNetResNet, medicalnet_resnet, resolve_weights
+from eval.features import MedicalNetResNet, medicalnet_resnet
+from eval.medicalnet_weights import resolve_weights
 from wdm.io import InputError
 
 __all__ = ["FEAT_WEIGHT", "hinge_d_loss", "hinge_g_loss", "feature_matching_loss",
@@ -123,7 +124,7 @@ def build_medicalnet_perceptual(weights: str | None, depth: int = 10
                                 ) -> tuple[MedicalNetPerceptual | None, str]:
     """The MedicalNet term for ``ldm.vqgan.perceptual_weights`` and a label for the run record.
 
-    ``weights`` follows :func:`eval.features.resolve_weights` (path, manifest name, ``auto:NAME``,
+    ``weights`` follows :func:`eval.medicalnet_weights.resolve_weights` (path, manifest name, ``auto:NAME``,
     ``hub:NAME``, or None). Without real weights the term is off: returns ``(None, reason)``.
     """
     if weights is None:
