@@ -41,6 +41,7 @@ def test_is_out_of_memory_tells_allocation_failures_from_bugs():
     # oneDNN: a primitive whose creation failed (scratchpad / JIT buffer) is memory; a descriptor
     # that could not be created is an unsupported configuration, a bug to report
     assert is_out_of_memory(RuntimeError("could not create a primitive"))
+    assert is_out_of_memory(RuntimeError("could not execute a primitive"))
     assert not is_out_of_memory(RuntimeError(
         "could not create a primitive descriptor for a convolution forward propagation primitive"))
     assert one_line(RuntimeError("a\n  b")) == "RuntimeError: a b"

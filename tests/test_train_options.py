@@ -168,8 +168,9 @@ def test_real_cpu_oom_under_an_address_space_limit(phantom16, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "wdm-bench train: out of memory" in res.stderr
     prof = json.loads((run / "train_profile.json").read_text())
-    # which allocation fails first varies from run to run: torch's allocator or oneDNN's
+    # which allocation fails first varies from run to run: torch's allocator or one of oneDNN's
     assert prof["status"] == "oom"
-    assert ("allocate" in prof["error"]
-            or prof["error"] == "RuntimeError: could not create a primitive"), prof["error"]
+    assert ("allocate" in prof["error"] or prof["error"] in (
+        "RuntimeError: could not create a primitive", "RuntimeError: could not execute a primitive")
+            ), prof["error"]
     assert prof["batch_size"] == 64 and prof["peak_memory_gb"] is None

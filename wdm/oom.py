@@ -33,11 +33,12 @@ STATUS_OOM = "oom"
 _OOM_MESSAGES = ("can't allocate memory", "cannot allocate memory", "defaultcpuallocator",
                  "out of memory", "std::bad_alloc")
 
-#: oneDNN (the CPU convolutions) reports a failed allocation of a primitive's scratchpad or JIT
-#: code buffer as this bare message; the status code is lost on the way to Python. An unsupported
-#: configuration fails one step earlier, as "could not create a primitive descriptor ...", which
-#: stays an error. Seen as the first failure of a CPU training step under an address-space cap.
-_ONEDNN_CREATE = "could not create a primitive"
+#: oneDNN (the CPU convolutions) reports a failed allocation of a primitive's JIT code buffer or
+#: scratchpad as one of these bare messages; the status code is lost on the way to Python. An
+#: unsupported configuration fails one step earlier, as "could not create a primitive descriptor
+#: ...", which stays an error. Both were seen as the first failure of a CPU training step under an
+#: address-space cap, in different runs of the same step.
+_ONEDNN_ALLOCATION = ("could not create a primitive", "could not execute a primitive")
 
 
 class UpstreamOutOfMemory(Exception):
@@ -55,7 +56,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if not isinstance(exc, RuntimeError):
         return False
     text = str(exc).lower()
-    return any(s in text for s in _OOM_MESSAGES) or text.strip() == _ONEDNN_CREATE
+    return any(s in text for s in _OOM_MESSAGES) or text.strip() in _ONEDNN_ALLOCATION
 
 
 def one_line(exc: BaseException, limit: int = 400) -> str:
