@@ -7,17 +7,20 @@ size (``resource.getrusage``, which includes the interpreter and libraries: an u
 
 from __future__ import annotations
 
+import functools
 import platform
 import resource
 import statistics
 import sys
+from collections.abc import Iterable
 
 import torch
 
 from wdm.io import InputError
 
 __all__ = ["resolve_device", "reset_peak_memory", "peak_memory_gb", "peak_memory_kind", "max_rss_gb",
-           "rusage_max_rss_gb", "current_rss_gb", "median_seconds", "device_description"]
+           "rusage_max_rss_gb", "current_rss_gb", "median_seconds", "cpu_model", "model_name_in_cpuinfo",
+           "device_description"]
 
 
 def resolve_device(name: str, index: int | None = None) -> torch.device:
@@ -83,14 +86,40 @@ def median_seconds(times: list[float], skip: int = 0) -> float | None:
     return statistics.median(kept) if kept else None
 
 
+def model_name_in_cpuinfo(lines: Iterable[str]) -> str | None:
+    """The first non-empty ``model name`` (x86), ``Model`` or ``Hardware`` (ARM) in cpuinfo lines."""
+    for line in lines:
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("model name", "Model", "Hardware") and value.strip():
+            return " ".join(value.split())
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), or None where that cannot be read.
+
+    Read once and cached. The model matters to a number's protocol: oneDNN and MKL pick kernels by
+    instruction set, so the same seed gives bit-identical results on the same CPU model and a
+    different rounding on another.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return model_name_in_cpuinfo(f)
+    except (OSError, MemoryError):  # also called after an out-of-memory error
+        return None
+
+
 def device_description(device: torch.device | str) -> str:
-    """A short human description: GPU name, or CPU architecture and thread count.
+    """A short human description: GPU name, or CPU architecture, model and thread count.
 
     ``platform.machine()`` (``os.uname``), not ``platform.processor()``, which on Linux runs
     ``uname -p`` in a subprocess: this is also called after an out-of-memory error, when a fork
-    can fail.
+    can fail. E.g. ``"x86_64 CPU (Intel(R) Xeon(R) Processor), 2 threads"``.
     """
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    model = cpu_model()
+    name = f"{platform.machine()} CPU" + (f" ({model})" if model else "")
+    return f"{name}, {torch.get_num_threads()} threads"
