@@ -3,9 +3,9 @@
 Two peaks, each timed after a warm-up, median of ``repeats`` (>= 3) with ``threads`` torch threads:
 a large float32 matrix product (``N x N @ N x N``, default N = 4096, ``2 N^3`` FLOPs; MKL) and a
 large float32 3x3x3 convolution (256 -> 256 channels on 16^3, no bias, ``2 C^2 27 S^3`` FLOPs;
-oneDNN, the kernels the U-Nets run). On the 2-core AMD EPYC development machine the convolution
-reaches ~450 GFLOP/s (about the 2-core AVX-512 FMA bound) and the matmul ~180-190 (MKL takes a
-slower code path on AMD processors), so a U-Net step can exceed "100 % of the matmul"; the
+oneDNN, the kernels the U-Nets run). In the committed levels run (2-core AMD development machine,
+``results/bench/memory_levels.csv``) the convolution reached 330 GFLOP/s and the matmul 170 (MKL
+takes a slower code path on AMD processors), so a U-Net step can exceed "100 % of the matmul"; the
 convolution peak is the one to read as the hardware limit. A step's FLOPs are counted as
 :func:`wdm.budget.training_flops_per_step` counts them
 (:class:`torch.utils.flop_counter.FlopCounterMode`: matrix products and convolutions, forward and
