@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eval.medicalnet_weights import MEDICALNET_WEIGHTS, load_medicalnet_state_dict
-from wdm.io import InputError, sha256_file
+from eval.medicalnet_weights import MEDICALNET_WEIGHTS, read_medicalnet_checkpoint
+from wdm.io import InputError
 
 __all__ = [
     "MedicalNetResNet",
@@ -231,7 +231,7 @@ def load_medicalnet_weights(model: nn.Module, path: str | os.PathLike, *,
 
     Missing, unexpected or mis-shaped keys raise :class:`InputError` naming the file and the keys.
     """
-    sd = load_medicalnet_state_dict(path, expected_sha256=expected_sha256)
+    sd, sha256 = read_medicalnet_checkpoint(path, expected_sha256=expected_sha256)
     what = (f"{path}: checkpoint does not match MedicalNet resnet{getattr(model, 'depth', '?')} "
             f"(shortcut {getattr(model, 'shortcut_type', '?')})")
     expected = model.state_dict().keys()
@@ -245,7 +245,7 @@ def load_medicalnet_weights(model: nn.Module, path: str | os.PathLike, *,
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:  # shape mismatches
         raise InputError(f"{what}: {' '.join(str(exc).split())}") from exc
-    return sha256_file(path)
+    return sha256
 
 
 def _short(keys: list[str], limit: int = 8) -> str:

@@ -26,6 +26,7 @@ __all__ = [
     "PHANTOM_SEG",
     "PHANTOM_SEG_LABEL",
     "load_medicalnet_state_dict",
+    "read_medicalnet_checkpoint",
     "local_weights",
     "resolve_weights",
 ]
@@ -94,10 +95,16 @@ def load_medicalnet_state_dict(path: str | os.PathLike, *,
     ``expected_sha256`` the file's hash is checked first; a mismatch raises :class:`InputError`
     naming the file and both hashes.
     """
+    return read_medicalnet_checkpoint(path, expected_sha256=expected_sha256)[0]
+
+
+def read_medicalnet_checkpoint(path: str | os.PathLike, *, expected_sha256: str | None
+                               ) -> tuple[dict[str, torch.Tensor], str]:
+    """:func:`load_medicalnet_state_dict` and the file's SHA-256, hashed once for both."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
-    _verify_sha256(path, expected_sha256)
+    sha256 = _verify_sha256(path, expected_sha256)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
@@ -112,7 +119,7 @@ def load_medicalnet_state_dict(path: str | os.PathLike, *,
         key = key.removeprefix("module.")
         if not key.startswith("conv_seg."):
             out[key] = value
-    return out
+    return out, sha256
 
 
 # ------------------------------------------------------------------------------ lookup

@@ -3,13 +3,14 @@ strict checkpoint loading, weights lookup and download."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import numpy as np
 import pytest
 import torch
 
-from eval.features import extract_features, feature_dim, medicalnet_resnet
+from eval.features import extract_features, feature_dim, load_medicalnet_weights, medicalnet_resnet
 from eval.medicalnet_weights import MEDICALNET_WEIGHTS, load_medicalnet_state_dict, resolve_weights
 from wdm.io import InputError, sha256_file
 
@@ -92,7 +93,7 @@ def test_seeded_init_is_reproducible_and_leaves_global_rng_alone():
     assert not torch.equal(sa["conv1.weight"], sc["conv1.weight"])
 
 
-def test_strict_load_of_released_format(tmp_path):
+def test_strict_load_of_released_format(tmp_path, monkeypatch):
     source = medicalnet_resnet(10, seed=7)
     path = _write_checkpoint(tmp_path / "ckpt.pth", source)
     sd = load_medicalnet_state_dict(path, expected_sha256=sha256_file(path))
@@ -103,6 +104,10 @@ def test_strict_load_of_released_format(tmp_path):
         out_loaded, out_source, out_seed0 = loaded(x), source(x), medicalnet_resnet(10, seed=0)(x)
     torch.testing.assert_close(out_loaded, out_source, rtol=0, atol=0)
     assert not torch.allclose(out_loaded, out_seed0)
+    # the SHA-256 returned is the one checked: the file is hashed once
+    expected, calls, sha256 = sha256_file(path), [], hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: calls.append(a) or sha256(*a))
+    assert load_medicalnet_weights(medicalnet_resnet(10), path) == expected and len(calls) == 1
 
 
 def test_checkpoint_without_num_batches_tracked_loads(tmp_path):
